@@ -1,0 +1,84 @@
+"""The ``kidneyseg`` command: argument parsing only.
+
+Each subcommand lives in its own small module here with ``register(subparsers)``; its handler
+builds the config and calls one public function of the package. Heavy imports (torch,
+SimpleITK) happen inside handlers so ``kidneyseg --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Subcommand modules, in the order of the pipeline. A name is listed only once it works.
+SUBCOMMANDS = (
+    "info",
+    "phantoms",
+    "download",
+    "preprocess",
+    "train",
+    "predict",
+    "evaluate",
+    "report",
+    "demo",
+)
+
+
+def add_config_options(parser: argparse.ArgumentParser, presets: bool = True) -> None:
+    """--preset / --config / --set, shared by every command that takes a config."""
+    if presets:
+        parser.add_argument("--preset", default="paper",
+                            help="named preset: paper (default, the published settings) or fast")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="config file (.json/.yaml/.toml) applied over the preset")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        dest="overrides", help="override one config field (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kidneyseg import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="kidneyseg",
+        description="Kidney and kidney-tumor segmentation in abdominal CT (two-phase 2D U-Net).",
+    )
+    parser.add_argument("--version", action="version", version=f"kidneyseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"kidneyseg.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"kidneyseg.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kidneyseg`` console script; returns the exit status."""
+    from kidneyseg.errors import KidneysegError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except KidneysegError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Configuration: frozen dataclasses whose defaults reproduce the paper.
+
+Precedence: defaults < preset < config file (JSON, YAML or TOML) < ``--set section.key=value``.
+The resolved config is written next to every output (``config.json``) and into checkpoints.
+
+Paper references ("paper §x") are to the published two-phase U-Net/ResNet34 system on KiTS21.
+
+Example:
+    >>> cfg = resolve_config(preset="fast", overrides=["train.lr=0.0005"])
+    >>> cfg.train.lr, cfg.model.architecture
+    (0.0005, 'unet_resnet34')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kidneyseg.errors import KidneysegError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing of cases into the on-disk form training reads."""
+
+    #: Patient-level split fractions train/val/test (paper §4: 80/10/10 of 300 KiTS21 cases).
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    #: Seed of the patient-level split.
+    seed: int = 0
+    #: Parallel processes over cases.
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How 2D training slices are drawn and transformed for each phase."""
+
+    #: HU window of phase 1 before z-scoring (paper §4.1: [0, 200]; Table 1 ablation: [20, 45]).
+    kidney_window: tuple[float, float] = (0.0, 200.0)
+    #: Phase-2 HU window; ``None`` = unclipped HU inside the kidney region (paper §4.1).
+    tumor_window: tuple[float, float] | None = None
+    #: In-plane size the slices are resized to (paper: native 512x512).
+    image_size: int = 512
+    #: Fraction of slices drawn from slices that contain the phase's target (the rest uniform).
+    #: 0.5 keeps training balanced while still showing every slice (nnU-Net draws 1/3).
+    foreground_fraction: float = 0.5
+    #: Phase-2 input region: "ground_truth" kidney region (default) or "predicted" by phase 1.
+    tumor_region: str = "ground_truth"
+    #: Augmentation (paper §4.1): rotation, flip, random crop, Gaussian noise.
+    augment: bool = True
+    rotation_degrees: float = 15.0
+    flip_probability: float = 0.5
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    noise_std: float = 0.1
+    #: DataLoader worker processes (0 = in the main process).
+    num_workers: int = 2
+    #: Slices per epoch (0 = one pass over all eligible training slices).
+    samples_per_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build (`kidneyseg.models.build_model`)."""
+
+    #: "unet_resnet34" (paper §3) or "unet_plain" (the paper's baseline, Table 1).
+    architecture: str = "unet_resnet34"
+    #: "imagenet" (paper §3), "none", or a path to a local encoder state dict.
+    encoder_weights: str = "imagenet"
+    in_channels: int = 1
+    classes: int = 1
+    #: Width of the first level of `unet_plain` (doubles at each of its 5 levels).
+    base_channels: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One phase's optimisation (paper §4.2)."""
+
+    #: Loss: binary cross-entropy on logits (paper §4.2).
+    loss: str = "bce"
+    #: Adam, learning rate 1e-3 (paper §4.2).
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    #: Batch size 128 (paper §4.2).
+    batch_size: int = 128
+    #: 100 epochs (paper §4.2).
+    epochs: int = 100
+    seed: int = 0
+    #: "auto" = bf16 autocast on a GPU that supports it, fp32 on CPU; or any Lightning precision.
+    precision: str = "auto"
+    #: Lightning accelerator ("auto", "cpu", "gpu") and device count.
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    channels_last: bool = True
+    compile: bool = False
+    #: Validation batches per epoch (0 = all).
+    limit_val_batches: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Running the cascade on whole volumes."""
+
+    batch_size: int = 16
+    device: str = "auto"
+    #: Probability threshold on the sigmoid outputs.
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Postprocessing of the assembled 3D label map (paper §4.3)."""
+
+    #: Keep tumor only inside the predicted kidney region (paper §4.3).
+    tumor_inside_kidney: bool = True
+    #: Remove 3D connected components smaller than this (mL); 0 = off (paper preset).
+    min_component_ml: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+
+#: Named presets: partial overrides applied on top of the defaults ("paper" = the defaults).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    # Minutes on 2 CPU cores on the phantom cohort: small slices, no ImageNet download.
+    "fast": {
+        "data": {"image_size": 128, "num_workers": 0, "samples_per_epoch": 1536},
+        "model": {"encoder_weights": "none"},
+        "train": {"batch_size": 16, "epochs": 6, "lr": 1e-3, "limit_val_batches": 8},
+        "inference": {"batch_size": 32},
+        "postprocess": {"min_component_ml": 0.1},
+    },
+}
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise a message saying how to fix."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise KidneysegError(f"config {where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise KidneysegError(f"config {where}: expected {name}, got {value!r}")
+
+
+def _apply(cfg: Config, updates: dict[str, Any], source: str) -> Config:
+    sections = _fields(Config)
+    new_sections: dict[str, Any] = {}
+    for section, values in updates.items():
+        if section not in sections:
+            raise KidneysegError(
+                f"{source}: unknown config section {section!r}; known: {', '.join(sections)}"
+            )
+        if not isinstance(values, dict):
+            raise KidneysegError(f"{source}: section {section!r} must be a mapping of keys")
+        current = getattr(cfg, section)
+        hints = typing.get_type_hints(type(current))
+        known = _fields(type(current))
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise KidneysegError(
+                    f"{source}: unknown key {section}.{key}; known: {', '.join(known)}"
+                )
+            changes[key] = _coerce(value, hints[key], f"{section}.{key} ({source})")
+        new_sections[section] = dataclasses.replace(current, **changes)
+    return dataclasses.replace(cfg, **new_sections)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """Turn ``["train.lr=1e-4", ...]`` into ``{"train": {"lr": "1e-4"}}`` (values typed later)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise KidneysegError(f"--set {item!r}: use section.key=value, e.g. train.lr=1e-4")
+        out.setdefault(section, {})[name] = value.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON, YAML or TOML config file into nested dicts."""
+    p = Path(path)
+    if not p.is_file():
+        raise KidneysegError("config file not found", path=p)
+    text = p.read_text()
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        elif p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise KidneysegError("config file must be .json, .yaml/.yml or .toml", path=p)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise KidneysegError(f"cannot parse config: {exc}", path=p) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("yaml"):
+            raise KidneysegError(f"cannot parse config: {exc}", path=p) from exc
+        raise
+    data = data or {}
+    if not isinstance(data, dict):
+        raise KidneysegError("config file must hold a mapping of sections", path=p)
+    return data
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges; raise one message that says how to fix the first problem."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise KidneysegError(f"config {msg}")
+
+    t, d, m = cfg.train, cfg.data, cfg.model
+    need(t.lr > 0, f"train.lr must be > 0 (got {t.lr}); the paper uses 1e-3")
+    need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
+    need(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
+    need(t.weight_decay >= 0, "train.weight_decay must be >= 0")
+    need(t.loss == "bce", f"train.loss must be 'bce' (got {t.loss!r})")
+    need(t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw ({t.optimizer!r})")
+    need(t.num_nodes >= 1, "train.num_nodes must be >= 1")
+    need(d.image_size >= 32 and d.image_size % 32 == 0,
+         f"data.image_size must be a multiple of 32 and >= 32 (got {d.image_size}); try 128/256/512")
+    need(d.kidney_window[0] < d.kidney_window[1], f"data.kidney_window must be (low, high) with low < high")
+    need(d.tumor_window is None or d.tumor_window[0] < d.tumor_window[1],
+         "data.tumor_window must be none or (low, high) with low < high")
+    need(0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction must be in [0, 1]")
+    need(d.tumor_region in ("ground_truth", "predicted"),
+         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})")
+    need(d.noise_std >= 0 and 0 <= d.flip_probability <= 1, "data.noise_std >= 0, flip in [0, 1]")
+    need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale must be 0 < lo <= hi <= 1")
+    need(d.num_workers >= 0 and d.samples_per_epoch >= 0, "data.num_workers/samples >= 0")
+    need(m.architecture in ("unet_resnet34", "unet_plain"),
+         f"model.architecture must be unet_resnet34 or unet_plain (got {m.architecture!r})")
+    need(m.in_channels >= 1 and m.classes >= 1 and m.base_channels >= 1, "model sizes must be >= 1")
+    s = cfg.preprocess.split
+    need(all(x >= 0 for x in s) and abs(sum(s) - 1) < 1e-6 and s[0] > 0,
+         f"preprocess.split must be three fractions summing to 1 with train > 0 (got {s})")
+    need(cfg.preprocess.workers >= 1, "preprocess.workers must be >= 1")
+    need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
+    need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
+    need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
+    return cfg
+
+
+def resolve_config(
+    preset: str = "paper",
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: Config | dict[str, Any] | None = None,
+) -> Config:
+    """Build the config: defaults (or ``base``) < preset < file < ``--set`` overrides."""
+    if preset not in PRESETS:
+        raise KidneysegError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if isinstance(base, dict):
+        cfg = config_from_dict(base)
+    else:
+        cfg = base or Config()
+    cfg = _apply(cfg, PRESETS[preset], f"preset {preset}")
+    if config_file is not None:
+        cfg = _apply(cfg, load_config_file(config_file), str(config_file))
+    if overrides:
+        cfg = _apply(cfg, parse_overrides(overrides), "--set")
+    return validate(cfg)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """A JSON-ready dict of the config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a `Config` from `config_to_dict` output (unknown keys are errors)."""
+    return validate(_apply(Config(), data, "stored config"))
+
+
+def dump_config(cfg: Config, path: str | Path, **extra: Any) -> None:
+    """Write the resolved config (plus e.g. the package version) as JSON, atomically."""
+    from kidneyseg.utils import atomic_write_text
+
+    payload = {"config": config_to_dict(cfg), **extra}
+    atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")

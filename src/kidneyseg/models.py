@@ -1,0 +1,199 @@
+"""Networks and their checkpoints.
+
+* ``unet_resnet34`` (paper §3): U-Net with an ImageNet-pretrained ResNet34 encoder, from
+  segmentation_models_pytorch, 1 input channel, 1 output logit.
+* ``unet_plain`` (the paper's baseline, Table 1): a plain 5-level U-Net, two 3x3 convs per
+  level, max-pool down, channels doubling, transposed-conv up, skip concatenation.
+
+A checkpoint is one ``.safetensors`` file: tensors only (loading never unpickles), with a JSON
+header entry ``kidneyseg`` holding the resolved config, the phase, the label map, the
+normalisation record and the package version, so the file alone rebuilds its model.
+
+Example:
+    >>> from kidneyseg.config import ModelConfig
+    >>> net = build_model(ModelConfig(encoder_weights="none"))
+    >>> type(net).__name__
+    'Unet'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kidneyseg.config import Config, ModelConfig, config_from_dict, config_to_dict
+from kidneyseg.errors import KidneysegError
+from kidneyseg.types import LABEL_NAMES
+
+CHECKPOINT_FORMAT = "kidneyseg-checkpoint"
+#: Bump when the checkpoint layout changes incompatibly; loaders refuse other versions.
+CHECKPOINT_VERSION = 1
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+        )
+
+
+class PlainUNet(nn.Module):
+    """The classic 5-level U-Net (Ronneberger et al. 2015), the paper's baseline."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 1, base: int = 64) -> None:
+        super().__init__()
+        widths = [base * 2**i for i in range(5)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for w in widths:
+            self.down.append(_DoubleConv(cin, w))
+            cin = w
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up.append(nn.ConvTranspose2d(w * 2, w, 2, stride=2))
+            self.merge.append(_DoubleConv(w * 2, w))
+        self.head = nn.Conv2d(widths[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x)
+            if i < len(self.down) - 1:
+                skips.append(x)
+                x = nn.functional.max_pool2d(x, 2)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips), strict=True):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def _load_local_encoder(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise KidneysegError("encoder weights file not found", path=path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise KidneysegError(f"cannot read encoder weights: {exc}", path=path) from exc
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    encoder: nn.Module = model.encoder  # type: ignore[assignment]
+    # A 3-channel ImageNet stem becomes 1-channel by summing over RGB (as smp does).
+    stem = state.get("conv1.weight")
+    own = encoder.state_dict().get("conv1.weight")
+    if stem is not None and own is not None and stem.shape[1] != own.shape[1]:
+        state = {**state, "conv1.weight": stem.sum(1, keepdim=True).repeat(1, own.shape[1], 1, 1)}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(encoder.state_dict()):
+        raise KidneysegError(
+            f"encoder weights do not fit a ResNet34 (unexpected keys: {list(unexpected)[:3]})",
+            path=path,
+        )
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the network a `ModelConfig` describes (one factory for every architecture)."""
+    if cfg.architecture == "unet_plain":
+        return PlainUNet(cfg.in_channels, cfg.classes, cfg.base_channels)
+    if cfg.architecture != "unet_resnet34":
+        raise KidneysegError(f"unknown model.architecture {cfg.architecture!r}")
+    import segmentation_models_pytorch as smp
+
+    weights = cfg.encoder_weights
+    local = weights.lower() not in ("imagenet", "none", "")
+    smp_weights = "imagenet" if weights.lower() == "imagenet" else None
+    try:
+        model = smp.Unet(
+            encoder_name="resnet34", encoder_weights=smp_weights,
+            in_channels=cfg.in_channels, classes=cfg.classes,
+        )
+    except Exception as exc:  # network errors surface as many types (URLError, HF errors, ...)
+        if smp_weights is None:
+            raise
+        raise KidneysegError(
+            "cannot download the ImageNet ResNet34 encoder weights "
+            f"({type(exc).__name__}). Pre-fetch them on a machine with internet "
+            "(python -c \"import segmentation_models_pytorch as s; "
+            "s.Unet('resnet34', encoder_weights='imagenet')\"), pass a local file with "
+            "--set model.encoder_weights=PATH, or train from scratch with "
+            "--set model.encoder_weights=none"
+        ) from exc
+    if local:
+        _load_local_encoder(model, Path(weights))
+    return model
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, cfg: Config, phase: str,
+    normalization: dict[str, Any], extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model``'s weights and everything needed to rebuild it, atomically."""
+    from safetensors.torch import save_file
+
+    from kidneyseg.utils import atomic_path, package_version
+
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+        "kidneyseg_version": package_version(), "phase": phase,
+        "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+        "config": config_to_dict(cfg), "normalization": normalization, **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"kidneyseg": json.dumps(meta)})
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, validated, without loading the weights."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise KidneysegError("checkpoint not found", path=p)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get("kidneyseg")
+    except Exception as exc:
+        raise KidneysegError(f"corrupt or unreadable checkpoint ({exc})", path=p) from exc
+    if raw is None:
+        raise KidneysegError("not a kidneyseg checkpoint (no 'kidneyseg' metadata)", path=p)
+    meta: dict[str, Any] = json.loads(raw)
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
+        raise KidneysegError(
+            f"checkpoint format {meta.get('format')} v{meta.get('format_version')} from kidneyseg "
+            f"{meta.get('kidneyseg_version')} is incompatible with this version (needs "
+            f"v{CHECKPOINT_VERSION}); retrain or use the matching kidneyseg release",
+            path=p,
+        )
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode).
+
+    Returns:
+        ``(model, meta)`` where ``meta`` has ``phase``, ``config``, ``normalization``, ...
+    """
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_meta(path)
+    cfg: Config = config_from_dict(meta["config"])
+    model_cfg = ModelConfig(**{**config_to_dict(cfg)["model"], "encoder_weights": "none"})
+    model = build_model(model_cfg)
+    try:
+        state = load_file(str(path), device=str(device))
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise KidneysegError(f"corrupt checkpoint weights ({exc})", path=path) from exc
+    meta["config_obj"] = cfg
+    return model.to(device).eval(), meta

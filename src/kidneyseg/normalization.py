@@ -1,0 +1,88 @@
+"""Intensity normalisation of each phase's input, shared by training and inference.
+
+Statistics come from the training split only (preprocessing writes a 1-HU histogram of the
+training voxels, ``hu_histogram.npz``), so any window can be z-scored exactly without
+re-reading the data: e.g. the paper's [0, 200] or the Table 1 ablation [20, 45].
+
+* phase ``kidney``: HU clipped to the window (paper §4.1: [0, 200]), then z-scored.
+* phase ``tumor``: CT x kidney-region mask (outside the region becomes 0 HU), unclipped by
+  default (paper §4.1), z-scored with statistics of the HU *inside* the kidney region.
+
+Example:
+    >>> import numpy as np
+    >>> counts = np.zeros(HIST_BINS, np.int64); counts[[HIST_MIN + 0, HIST_MIN + 100]] = 1
+    >>> stats_from_histogram(counts, (0, 200))
+    (50.0, 50.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+#: Histogram range: 1-HU bins from HIST_MIN to HIST_MIN + HIST_BINS - 1 (values are clipped).
+HIST_MIN = -1024
+HIST_BINS = 4096
+
+
+def hu_histogram(hu: npt.NDArray[Any], mask: npt.NDArray[np.bool_] | None = None) -> np.ndarray:
+    """Counts of each integer HU value (clipped to the histogram range), optionally in a mask."""
+    values = hu[mask] if mask is not None else hu.ravel()
+    idx = np.clip(np.rint(values).astype(np.int64) - HIST_MIN, 0, HIST_BINS - 1)
+    return np.bincount(idx, minlength=HIST_BINS).astype(np.int64)
+
+
+def stats_from_histogram(
+    counts: npt.NDArray[np.int64], window: tuple[float, float] | None
+) -> tuple[float, float]:
+    """Mean and standard deviation of the (window-clipped) values a histogram counts."""
+    values = np.arange(HIST_BINS, dtype=np.float64) + HIST_MIN
+    if window is not None:
+        values = np.clip(values, window[0], window[1])
+    total = float(counts.sum())
+    if total == 0:
+        raise ValueError("empty histogram: no voxels to compute statistics from")
+    mean = float((counts * values).sum() / total)
+    var = float((counts * (values - mean) ** 2).sum() / total)
+    return mean, float(max(np.sqrt(var), 1e-6))
+
+
+def phase_normalization(
+    histograms: dict[str, npt.NDArray[np.int64]], phase: str, window: tuple[float, float] | None
+) -> dict[str, Any]:
+    """The normalisation record of one phase (stored in its checkpoint).
+
+    Args:
+        histograms: ``{"all": counts, "kidney_region": counts}`` from preprocessing.
+        phase: ``"kidney"`` (statistics of all voxels) or ``"tumor"`` (inside the region).
+        window: HU clip window or ``None``.
+    """
+    key = "all" if phase == "kidney" else "kidney_region"
+    mean, std = stats_from_histogram(histograms[key], window)
+    return {"phase": phase, "window": None if window is None else list(window),
+            "mean": mean, "std": std}
+
+
+def normalize(
+    hu: npt.NDArray[Any], norm: dict[str, Any], region: npt.NDArray[Any] | None = None
+) -> npt.NDArray[np.float32]:
+    """Apply a phase's normalisation record to HU values (any shape).
+
+    Args:
+        hu: HU values.
+        norm: record from `phase_normalization` (keys ``phase``, ``window``, ``mean``, ``std``).
+        region: for the tumor phase, the kidney-region mask (same shape); required there.
+    """
+    x = hu.astype(np.float32, copy=True)
+    if norm["phase"] == "tumor":
+        if region is None:
+            raise ValueError("the tumor phase needs the kidney-region mask")
+        x *= region.astype(bool)
+    if norm.get("window") is not None:
+        lo, hi = norm["window"]
+        np.clip(x, lo, hi, out=x)
+    x -= np.float32(norm["mean"])
+    x /= np.float32(norm["std"])
+    return x
