@@ -1,0 +1,1 @@
+"""Data sources: the KiTS layout and downloader, and the synthetic phantom cohort."""
