@@ -10,7 +10,7 @@ re-reading the data: e.g. the paper's [0, 200] or the Table 1 ablation [20, 45].
 
 Example:
     >>> import numpy as np
-    >>> counts = np.zeros(HIST_BINS, np.int64); counts[[HIST_MIN + 0, HIST_MIN + 100]] = 1
+    >>> counts = np.zeros(HIST_BINS, np.int64); counts[[0 - HIST_MIN, 100 - HIST_MIN]] = 1
     >>> stats_from_histogram(counts, (0, 200))
     (50.0, 50.0)
 """
