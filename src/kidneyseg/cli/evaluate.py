@@ -1,0 +1,33 @@
+"""``kidneyseg evaluate PRED_DIR GT_DIR OUT_DIR``: KiTS metrics of predictions vs references."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="Dice and surface Dice (official KiTS21/KiTS23 definition) of predicted label maps",
+        description="Score PRED_DIR/<case>.nii.gz against GT_DIR/<case>/aggregated_MAJ_seg.nii.gz, "
+        "GT_DIR/<case>/segmentation.nii.gz or GT_DIR/<case>.nii.gz: KiTS Dice and surface Dice "
+        "for kidney+masses, masses and tumor, plus the paper's per-case and per-slice Dice. "
+        "Writes OUT_DIR/per_case.csv, summary.json and summary.md.",
+    )
+    p.add_argument("pred_dir", help="folder of predicted label maps <case>.nii.gz")
+    p.add_argument("gt_dir", help="folder of reference label maps (KiTS layout or <case>.nii.gz)")
+    p.add_argument("out_dir", help="output folder for per_case.csv, summary.json, summary.md")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes (2)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kidneyseg.evaluation import evaluate, format_table
+
+    summary = evaluate(args.pred_dir, args.gt_dir, args.out_dir, workers=args.workers)
+    print(format_table(summary))
+    out = Path(args.out_dir).resolve()
+    print(f"wrote {out / 'per_case.csv'}, {out / 'summary.json'} and {out / 'summary.md'}")
+    return 0
