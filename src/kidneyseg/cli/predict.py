@@ -1,0 +1,85 @@
+"""``kidneyseg predict INPUT OUTPUT --model RUN_DIR``: run the cascade on CT files or folders.
+
+Example:
+    kidneyseg predict ct.nii.gz labels.nii.gz --model runs/paper
+    kidneyseg predict kits21/dataset preds/ --model runs/paper --shard 1/4 --stats stats.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kidneyseg.cli import add_config_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "predict",
+        help="segment kidney and tumor in CT (a file, a DICOM folder or a folder of cases)",
+        description=(
+            "Run the two-phase cascade. INPUT: a NIfTI/NRRD/MHA file, a DICOM series folder, a "
+            "folder of image files, or a KiTS folder (case_*/imaging.nii.gz). OUTPUT: a label "
+            "file (.nii.gz/.nii/.nrrd/.mha) for one CT, otherwise a folder that receives "
+            "<case_id>.nii.gz per case; cases already there are skipped. Labels: 0 background, "
+            "1 kidney, 2 tumor, in the input's exact geometry. Exit status 1 when some cases "
+            "of a folder failed, 2 on an error."
+        ),
+    )
+    parser.add_argument("input", help="CT file, DICOM series folder, or folder of cases")
+    parser.add_argument("output", help="output label file (one CT) or folder")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="RUN_DIR",
+        help="model folder holding kidney/best.safetensors and tumor/best.safetensors",
+    )
+    parser.add_argument(
+        "--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N or mps"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per forward pass (default: the checkpoint's inference.batch_size)",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="predict only shard K of N: case i (sorted) goes to shard i %% N + 1",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="predict cases whose output already exists again"
+    )
+    parser.add_argument(
+        "--stats",
+        default=None,
+        metavar="FILE.json",
+        help="also write kidney/tumor voxel counts and volumes (mL) per case",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_config_options(parser, presets=False)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kidneyseg.inference import predict
+
+    report = predict(
+        args.input,
+        args.output,
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        shard=args.shard,
+        skip_existing=not args.overwrite,
+        stats_path=args.stats,
+        progress=not args.no_progress,
+        config_file=args.config,
+        overrides=args.overrides,
+    )
+    print(f"{report.summary()} -> {args.output}")
+    for case_id, message in report.failed:
+        print(f"failed: {case_id}: {message}", file=sys.stderr)
+    return 0 if report.ok else 1
