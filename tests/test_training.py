@@ -1,0 +1,244 @@
+"""One phase's training: learning, run folder, resume, predicted regions, hardware resolution.
+
+Tiny settings throughout (32-px slices, plain U-Net of width 4, batch 4, a few steps).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from kidneyseg.config import Config, resolve_config
+from kidneyseg.errors import KidneysegError
+from kidneyseg.models import load_checkpoint, read_checkpoint_meta
+from kidneyseg.training import METRICS_COLUMNS, resolve_hardware, train_phase
+from test_dataset import write_prep_dir
+
+TINY = [
+    "data.image_size=32",
+    "model.architecture=unet_plain",
+    "model.base_channels=4",
+    "model.encoder_weights=none",
+    "train.batch_size=4",
+    "data.samples_per_epoch=16",
+    "data.num_workers=0",
+    "train.limit_val_batches=2",
+    "train.accelerator=cpu",
+]
+
+
+def tiny(*overrides: str) -> Config:
+    return resolve_config("paper", overrides=[*TINY, *overrides])
+
+
+def rows(run: Path, phase: str) -> list[dict[str, str]]:
+    with (run / phase / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def prep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prep_dir(tmp_path_factory.mktemp("prep") / "prep", size=32)
+
+
+@pytest.fixture(scope="module")
+def kidney_run(prep_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs of phase 1 with augmentation on (shared by several tests)."""
+    run = tmp_path_factory.mktemp("run") / "run"
+    train_phase(prep_dir, run, "kidney", tiny("train.epochs=2"), progress=False)
+    return run
+
+
+def test_run_folder_contents(kidney_run: Path, prep_dir: Path) -> None:
+    out = kidney_run / "kidney"
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "best.safetensors",
+        "last.safetensors",
+        "last.ckpt",
+        "metrics.csv",
+        "curves.png",
+        "config.json",
+    } <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary leftovers
+    assert not list(kidney_run.rglob("lightning_logs"))
+    table = rows(kidney_run, "kidney")
+    assert [int(r["epoch"]) for r in table] == [1, 2]
+    assert tuple(table[0]) == METRICS_COLUMNS
+    assert all(float(r["slices_per_s"]) > 0 and float(r["val_loss"]) > 0 for r in table)
+    best = read_checkpoint_meta(out / "best.safetensors")
+    val = [float(r["val_loss"]) for r in table]
+    assert best["epoch"] == int(np.argmin(val)) + 1
+    assert best["val_loss"] == pytest.approx(min(val), rel=1e-4)
+    assert best["phase"] == "kidney" and best["normalization"]["window"] == [0.0, 200.0]
+    assert read_checkpoint_meta(out / "last.safetensors")["epoch"] == 2
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["config"]["data"]["image_size"] == 32 and stored["kidneyseg_version"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, meta = load_checkpoint(out / "best.safetensors")
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("phase", ["kidney", "tumor"])
+def test_loss_goes_down_overfitting(prep_dir: Path, tmp_path: Path, phase: str) -> None:
+    cfg = tiny("train.epochs=5", "data.augment=false", "train.lr=0.01", "model.base_channels=8")
+    result = train_phase(prep_dir, tmp_path / "run", phase, cfg, progress=False)
+    losses = [float(r["train_loss"]) for r in rows(tmp_path / "run", phase)]
+    assert len(losses) == 5
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.best_checkpoint.is_file() and 1 <= result.best_epoch <= 5
+    assert phase in result.summary() and str(result.best_checkpoint) in result.summary()
+
+
+def test_resume_extends_a_finished_run(kidney_run: Path, prep_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(kidney_run, run)
+    before = rows(run, "kidney")
+    result = train_phase(
+        prep_dir, run, "kidney", tiny("train.epochs=3"), resume=True, progress=False
+    )
+    after = rows(run, "kidney")
+    assert [int(r["epoch"]) for r in after] == [1, 2, 3]  # continued, not restarted
+    assert after[:2] == before
+    assert result.epochs == 3
+    assert read_checkpoint_meta(run / "kidney" / "last.safetensors")["epoch"] == 3
+
+
+class _Crash(L.Callback):
+    """Simulates a killed run: fails in the middle of the second epoch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_forced_stop_then_resume(prep_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny("train.epochs=3")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_phase(prep_dir, run, "kidney", cfg, progress=False, callbacks=[_Crash()])
+    assert [int(r["epoch"]) for r in rows(run, "kidney")] == [1]
+    assert (run / "kidney" / "last.ckpt").is_file()
+    with pytest.raises(KidneysegError, match="--resume"):
+        train_phase(prep_dir, run, "kidney", cfg, progress=False)
+    train_phase(prep_dir, run, "kidney", cfg, resume=True, progress=False)
+    assert [int(r["epoch"]) for r in rows(run, "kidney")] == [1, 2, 3]
+
+
+def _constant_kidney_model(path: Path, prep_dir: Path, logit: float) -> Path:
+    """A phase-1 checkpoint that predicts kidney everywhere (logit > 0) or nowhere."""
+    from kidneyseg.dataset import open_prep_dir, phase_norm_record
+    from kidneyseg.models import build_model, save_checkpoint
+
+    cfg = tiny()
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(logit)
+    norm = phase_norm_record(open_prep_dir(prep_dir), "kidney", cfg.data)
+    save_checkpoint(path, model, cfg, "kidney", norm)
+    return path
+
+
+def test_tumor_phase_on_predicted_regions(prep_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny("train.epochs=1", "data.tumor_region=predicted")
+    everywhere = _constant_kidney_model(tmp_path / "all.safetensors", prep_dir, 10.0)
+    run = tmp_path / "run"
+    train_phase(prep_dir, run, "tumor", cfg, kidney_model=everywhere, progress=False)
+    assert (run / "tumor" / "best.safetensors").is_file()
+    regions = run / "tumor" / "regions"
+    assert json.loads((regions / "source.json").read_text())["checkpoint"] == str(everywhere)
+    split = json.loads((prep_dir / "split.json").read_text())
+    for case_id in split["train"] + split["val"]:
+        region = np.load(regions / f"{case_id}.npy")
+        assert region.shape == np.load(prep_dir / "cases" / case_id / "image.npy").shape
+        assert region.all()
+    # A phase-1 model that finds no kidney leaves the tumor phase nothing to learn from.
+    nowhere = _constant_kidney_model(tmp_path / "none.safetensors", prep_dir, -10.0)
+    with pytest.raises(KidneysegError, match="no training slice contains kidney .predicted"):
+        train_phase(prep_dir, tmp_path / "run2", "tumor", cfg, kidney_model=nowhere, progress=False)
+    assert not (tmp_path / "run2" / "tumor" / "best.safetensors").exists()
+
+
+def test_bad_training_requests(prep_dir: Path, kidney_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(KidneysegError, match="nothing to resume"):
+        train_phase(prep_dir, run, "kidney", tiny(), resume=True, progress=False)
+    with pytest.raises(KidneysegError, match="tumor_region=predicted"):
+        train_phase(
+            prep_dir,
+            run,
+            "tumor",
+            tiny(),
+            progress=False,
+            kidney_model=kidney_run / "kidney" / "best.safetensors",
+        )
+    with pytest.raises(KidneysegError, match="checkpoint not found"):
+        train_phase(prep_dir, run, "tumor", tiny("data.tumor_region=predicted"), progress=False)
+    with pytest.raises(KidneysegError, match="unknown phase"):
+        train_phase(prep_dir, run, "liver", tiny(), progress=False)
+    assert not run.exists()
+
+
+def test_resolve_hardware_on_cpu() -> None:
+    hw = resolve_hardware(tiny())
+    assert (hw.accelerator, hw.precision, hw.strategy, hw.world_size) == (
+        "cpu",
+        "32-true",
+        "auto",
+        1,
+    )
+    ddp = resolve_hardware(tiny("train.devices=2", "train.num_nodes=2"))
+    assert (ddp.strategy, ddp.world_size, ddp.devices) == ("ddp", 4, 2)
+    assert resolve_hardware(tiny("train.precision=bf16-mixed")).precision == "bf16-mixed"
+    with pytest.raises(KidneysegError, match="divide evenly over 3"):
+        resolve_hardware(tiny("train.devices=3"))
+    with pytest.raises(KidneysegError, match="train.devices"):
+        resolve_hardware(tiny("train.devices=many"))
+    with pytest.raises(KidneysegError, match="train.precision"):
+        resolve_hardware(tiny("train.precision=fp8"))
+    if not torch.cuda.is_available():
+        with pytest.raises(KidneysegError, match="no CUDA GPU"):
+            resolve_hardware(tiny("train.accelerator=gpu"))
+        assert resolve_hardware(Config()).precision == "32-true"  # "auto" on a CPU machine
+
+
+def test_loaders_with_workers_and_whole_batches(prep_dir: Path) -> None:
+    from kidneyseg.training import make_loaders, prepare_training
+
+    setup = prepare_training(
+        prep_dir, "kidney", tiny("data.num_workers=1", "data.samples_per_epoch=10")
+    )
+    train, val = make_loaders(setup)
+    assert len(train) == 2  # 10 samples -> 8: whole batches only (BatchNorm needs > 1)
+    image, target = next(iter(train))  # served by a worker process (memory maps reopened there)
+    assert image.shape == target.shape == (4, 1, 32, 32)
+    assert val is not None and len(val.dataset) == 12  # all slices of the one validation case
+    # Two processes share the epoch's draw without overlap (DDP).
+    shards = [make_loaders(setup, rank=r, world_size=2)[0].sampler for r in (0, 1)]
+    assert len(list(shards[0])) == len(list(shards[1])) == 4
+
+
+class _CtrlC(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_is_a_keyboard_interrupt_and_resumable(prep_dir: Path, tmp_path: Path) -> None:
+    import signal
+
+    run, cfg = tmp_path / "run", tiny("train.epochs=2")
+    # Lightning itself would sys.exit(1) and leave SIGINT ignored.
+    with pytest.raises(KeyboardInterrupt):
+        train_phase(prep_dir, run, "kidney", cfg, progress=False, callbacks=[_CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    train_phase(prep_dir, run, "kidney", cfg, resume=True, progress=False)
+    assert [int(r["epoch"]) for r in rows(run, "kidney")] == [1, 2]
