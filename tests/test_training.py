@@ -188,13 +188,18 @@ def test_bad_training_requests(prep_dir: Path, kidney_run: Path, tmp_path: Path)
 
 
 def test_resolve_hardware_on_cpu() -> None:
+    from kidneyseg.utils import cpu_has_native_bf16
+
     hw = resolve_hardware(tiny())
+    # "auto" precision: bf16 autocast only where the CPU computes bf16 natively.
+    expected = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     assert (hw.accelerator, hw.precision, hw.strategy, hw.world_size) == (
         "cpu",
-        "32-true",
+        expected,
         "auto",
         1,
     )
+    assert resolve_hardware(tiny("train.precision=32-true")).precision == "32-true"
     ddp = resolve_hardware(tiny("train.devices=2", "train.num_nodes=2"))
     assert (ddp.strategy, ddp.world_size, ddp.devices) == ("ddp", 4, 2)
     assert resolve_hardware(tiny("train.precision=bf16-mixed")).precision == "bf16-mixed"

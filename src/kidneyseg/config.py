@@ -93,7 +93,8 @@ class TrainConfig:
     #: 100 epochs (paper §4.2).
     epochs: int = 100
     seed: int = 0
-    #: "auto" = bf16 autocast on a GPU that supports it, fp32 on CPU; or any Lightning precision.
+    #: "auto" = bf16 autocast on a GPU that supports it and on CPUs with native bf16
+    #: (AVX512-BF16/AMX), else fp32; or any Lightning precision ("32-true", "bf16-mixed", ...).
     precision: str = "auto"
     #: Lightning accelerator ("auto", "cpu", "gpu") and device count.
     accelerator: str = "auto"
@@ -111,6 +112,9 @@ class InferenceConfig:
 
     batch_size: int = 16
     device: str = "auto"
+    #: "auto" = bf16 autocast on a CUDA GPU with bf16 and on CPUs with native bf16
+    #: (AVX512-BF16/AMX), else fp32; or "fp32" / "bf16" explicitly.
+    precision: str = "auto"
     #: Probability threshold on the sigmoid outputs.
     threshold: float = 0.5
 
@@ -300,6 +304,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.preprocess.workers >= 1, "preprocess.workers must be >= 1")
     need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
     need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
+    need(cfg.inference.precision in ("auto", "fp32", "bf16"),
+         f"inference.precision must be auto, fp32 or bf16 (got {cfg.inference.precision!r})")
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
     return cfg
 

@@ -525,9 +525,10 @@ class Predictor:
         height, width = ct.shape[1:]
         out = np.empty((len(slices), height, width), dtype=bool)
         cuda = self.device.type == "cuda"
-        bf16 = cuda and torch.cuda.is_bf16_supported()
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self._use_bf16()
+            else contextlib.nullcontext()
         )
         contiguous = bool(np.all(np.diff(slices) == 1))
         for start in range(0, len(slices), self.batch_size):
@@ -546,6 +547,17 @@ class Predictor:
             out[start : start + len(idx)] = (logits[:, 0] > self._logit_threshold).cpu().numpy()
             bar.update(len(idx))
         return out
+
+    def _use_bf16(self) -> bool:
+        """bf16 autocast: asked for, or "auto" on a bf16 GPU or a CPU with native bf16."""
+        precision = self.config.inference.precision
+        if precision != "auto":
+            return precision == "bf16" and self.device.type in ("cuda", "cpu")
+        if self.device.type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
+        from kidneyseg.utils import cpu_has_native_bf16
+
+        return self.device.type == "cpu" and cpu_has_native_bf16()
 
     # ---------------------------------------------------------------- files
 

