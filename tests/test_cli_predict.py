@@ -113,6 +113,35 @@ def test_dicom_folder(run_dir: Path, tmp_path: Path) -> None:
     assert read_labels(out / "s1.nii.gz").same_geometry(read_image(series))
 
 
+def test_split_subset_selects_cases(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "kits"
+    for i in range(4):
+        write_volume(_ct(i), data / f"case_0000{i}" / "imaging.nii.gz")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["case_00000", "case_00001"], "val": ["case_00002"],
+                                 "test": ["case_00003"]}))
+    out = tmp_path / "pred"
+    assert _predict(data, out, "--model", run_dir, "--split", split) == 0
+    assert _files(out) == ["case_00003.nii.gz"]
+    assert _predict(data, out, "--model", run_dir, "--split", split, "--subset", "val") == 0
+    assert _files(out) == ["case_00002.nii.gz", "case_00003.nii.gz"]
+    capsys.readouterr()
+    # A split naming a case the input does not hold, an empty subset, a broken file: errors.
+    split.write_text(json.dumps({"train": [], "val": [], "test": ["case_00009"]}))
+    _assert_fails(capsys, _predict(data, out, "--model", run_dir, "--split", split), "case_00009")
+    split.write_text(json.dumps({"train": [], "val": [], "test": []}))
+    _assert_fails(capsys, _predict(data, out, "--model", run_dir, "--split", split), "empty")
+    split.write_text("{not json")
+    _assert_fails(capsys, _predict(data, out, "--model", run_dir, "--split", split), "split")
+    _assert_fails(
+        capsys, _predict(data, out, "--model", run_dir, "--split", tmp_path / "none.json"),
+        "not found",
+    )
+    assert _files(out) == ["case_00002.nii.gz", "case_00003.nii.gz"]
+
+
 def _assert_fails(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
     err = capsys.readouterr().err
     assert code == 2, err

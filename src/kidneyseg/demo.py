@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kidneyseg.config import Config, resolve_config
+from kidneyseg.errors import KidneysegError
 
 
 @dataclass
@@ -47,7 +48,7 @@ def _say(msg: str) -> None:
 
 def run_demo(
     out_dir: str | Path = "demo_out",
-    cases: int = 30,
+    cases: int = 40,
     seed: int = 0,
     cfg: Config | None = None,
     progress: bool = True,
@@ -93,12 +94,9 @@ def run_demo(
 
     test_cases = json.loads((prep / "split.json").read_text())["test"]
     predictor = Predictor(run, device="auto", progress=False)
-
-    def predict_test_split() -> None:
-        for case_id in test_cases:
-            predictor.predict_file(data / case_id / "imaging.nii.gz", pred / f"{case_id}.nii.gz")
-
-    stage("predict", predict_test_split)
+    report = stage("predict", predictor.predict_paths, data, pred, cases=test_cases)
+    if not report.ok:
+        raise KidneysegError(f"prediction failed for {len(report.failed)} test case(s)", path=pred)
     summary = stage("evaluate", evaluate, pred, data, ev)
-    report = stage("report", make_report, run, ev, report_dir)
-    return DemoResult(out, summary, Path(report), seconds)
+    html = stage("report", make_report, run, ev, report_dir)
+    return DemoResult(out, summary, Path(html), seconds)

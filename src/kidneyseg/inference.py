@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,13 +232,17 @@ def find_inputs(input_path: str | Path) -> tuple[list[tuple[str, Path]], bool]:
 
 
 def plan_prediction(
-    input_path: str | Path, output: str | Path, shard: str | tuple[int, int] | None = None
+    input_path: str | Path,
+    output: str | Path,
+    shard: str | tuple[int, int] | None = None,
+    cases: Sequence[str] | None = None,
 ) -> PredictionPlan:
     """Match inputs to output files and check the output can be written (creates nothing).
 
     One CT and an ``OUTPUT`` with a suffix (``.nii.gz``/``.nii``/``.nrrd``/``.mha``) that is
     not an existing folder: that file. Otherwise ``OUTPUT`` is a folder and each case goes to
     ``OUTPUT/<case_id>.nii.gz``.
+    With ``cases`` only those case ids (e.g. the test split; an unknown id is an error).
     With ``shard=(K, N)`` only cases ``i`` (0-based, sorted by case id) with ``i % N == K - 1``.
 
     Raises:
@@ -259,7 +264,7 @@ def plan_prediction(
         )
     if as_file:
         _check_output_file(out)
-        cases = [InputCase(pairs[0][0], pairs[0][1], out)]
+        planned = [InputCase(pairs[0][0], pairs[0][1], out)]
     else:
         if out.exists() and not out.is_dir():
             raise KidneysegError(
@@ -268,17 +273,27 @@ def plan_prediction(
                 path=out,
             )
         _check_writable(out, "output folder")
-        cases = [InputCase(c, src, out / f"{c}{OUTPUT_SUFFIX}") for c, src in pairs]
-    sources = {c.source.resolve() for c in cases}
-    clash = next((c for c in cases if c.target.resolve() in sources), None)
+        planned = [InputCase(c, src, out / f"{c}{OUTPUT_SUFFIX}") for c, src in pairs]
+    sources = {c.source.resolve() for c in planned}
+    clash = next((c for c in planned if c.target.resolve() in sources), None)
     if clash is not None:
         raise KidneysegError(
             "output would overwrite an input image; choose another OUTPUT", path=clash.target
         )
+    if cases is not None:
+        wanted = set(cases)
+        missing = sorted(wanted - {c.case_id for c in planned})
+        if missing:
+            raise KidneysegError(
+                f"{len(missing)} requested case(s) not found in the input: "
+                f"{', '.join(missing[:5])}",
+                path=input_path,
+            )
+        planned = [c for c in planned if c.case_id in wanted]
     if parsed is not None:
         k, n = parsed
-        cases = [c for i, c in enumerate(cases) if i % n == k - 1]
-    return PredictionPlan(cases, collection, out)
+        planned = [c for i, c in enumerate(planned) if i % n == k - 1]
+    return PredictionPlan(planned, collection, out)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -594,6 +609,7 @@ class Predictor:
         shard: str | tuple[int, int] | None = None,
         skip_existing: bool = True,
         stats_path: str | Path | None = None,
+        cases: Sequence[str] | None = None,
     ) -> PredictReport:
         """Predict a file, a DICOM series folder or a folder of cases (see `plan_prediction`).
 
@@ -607,8 +623,9 @@ class Predictor:
             shard: ``"K/N"`` or ``(K, N)``: only every N-th case, starting at the K-th.
             skip_existing: keep existing outputs instead of predicting again (folder mode).
             stats_path: write kidney/tumor voxel counts and mL per case to this JSON file.
+            cases: only these case ids (e.g. the test split of ``PREP_DIR/split.json``).
         """
-        plan = plan_prediction(input_path, output, shard)
+        plan = plan_prediction(input_path, output, shard, cases)
         return self.run_plan(plan, skip_existing=skip_existing, stats_path=stats_path)
 
     def run_plan(
@@ -672,6 +689,7 @@ def predict(
     progress: bool = True,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
+    cases: Sequence[str] | None = None,
 ) -> PredictReport:
     """``kidneyseg predict``: check inputs and output first, load the models, predict.
 
@@ -680,7 +698,7 @@ def predict(
     Example:
         >>> report = predict("ct.nii.gz", "labels.nii.gz", "runs/paper")  # doctest: +SKIP
     """
-    plan = plan_prediction(input_path, output, shard)
+    plan = plan_prediction(input_path, output, shard, cases)
     if stats_path is not None:
         _check_writable(Path(stats_path), "statistics file")
     predictor = Predictor(model_dir, device, batch_size, progress, config_file, overrides)

@@ -9,7 +9,7 @@ Only global rank 0 writes. A killed run continues from the last finished epoch w
 Hardware comes from the config: ``train.accelerator`` / ``train.devices`` /
 ``train.num_nodes`` (CLI ``--accelerator`` / ``--devices`` / ``--num-nodes``).
 ``train.precision = "auto"`` is bf16 autocast on a CUDA GPU that supports it (fp16 autocast on
-older GPUs), fp32 on CPU. ``train.channels_last`` applies on CPU too (measured ~10 % faster
+older GPUs), and on CPUs with native bf16 (AVX512-BF16/AMX; ~2x faster per step), else fp32. ``train.channels_last`` applies on CPU too (measured ~10 % faster
 per step for the ResNet34 U-Net at 128 px on 2 cores).
 ``train.batch_size`` is the *global* batch (paper: 128), split evenly over the processes.
 
@@ -221,10 +221,15 @@ class SegmentationTask(L.LightningModule):
             sync_dist=True,
         )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         t = self.cfg.train
         opt = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        return opt(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = opt(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if t.lr_schedule == "constant":  # the paper's plain Adam
+            return optimizer
+        # Cosine decay to 0 over the whole run, stepped per epoch (so resume stays exact).
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
@@ -683,7 +688,10 @@ def train_phase(
         enable_version_counter=False,
     )
     all_callbacks: list[Callback] = [recorder, resumable, *callbacks]
-    if progress:
+    # The step bar only on a terminal: in logs (CI, nohup) it would print a line per refresh;
+    # the one-line-per-epoch summary is printed either way.
+    step_bar = progress and sys.stderr.isatty()
+    if step_bar:
         all_callbacks.append(_ProgressBar())
     with _quiet_lightning():
         trainer = L.Trainer(
@@ -696,7 +704,7 @@ def train_phase(
             logger=False,
             callbacks=all_callbacks,
             default_root_dir=out,
-            enable_progress_bar=progress,
+            enable_progress_bar=step_bar,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,

@@ -58,9 +58,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE.json",
         help="also write kidney/tumor voxel counts and volumes (mL) per case",
     )
+    parser.add_argument(
+        "--split",
+        default=None,
+        metavar="SPLIT.json",
+        help="predict only the cases of one subset of a split file (PREP_DIR/split.json)",
+    )
+    parser.add_argument(
+        "--subset",
+        default="test",
+        choices=("train", "val", "test"),
+        help="which subset of --split to predict (default: test)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_options(parser, presets=False)
     parser.set_defaults(func=run)
+
+
+def _split_cases(path: str, subset: str) -> list[str]:
+    import json
+    from pathlib import Path
+
+    from kidneyseg.errors import KidneysegError
+
+    try:
+        split = json.loads(Path(path).read_text())
+        cases = split[subset]
+    except FileNotFoundError as exc:
+        raise KidneysegError("split file not found", path=path) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KidneysegError(f"not a split file with a {subset!r} list", path=path) from exc
+    if not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
+        raise KidneysegError(f"{subset!r} must be a list of case ids", path=path)
+    if not cases:
+        raise KidneysegError(f"the {subset!r} subset is empty", path=path)
+    return cases
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         config_file=args.config,
         overrides=args.overrides,
+        cases=None if args.split is None else _split_cases(args.split, args.subset),
     )
     print(f"{report.summary()} -> {args.output}")
     for case_id, message in report.failed:
