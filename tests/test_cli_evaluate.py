@@ -43,7 +43,7 @@ def test_cli_evaluate_prints_table_and_writes_files(dirs, capsys) -> None:
     assert "| metric | column | mean | median | std | n |" in stdout
     assert str(out.resolve() / "per_case.csv") in stdout
     assert sorted(p.name for p in out.iterdir()) == ["per_case.csv", "summary.json", "summary.md"]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_cases"] == 2
     # case 1 is perfect, case 2 is shifted: the mean Dice is between them.
     assert 0.5 < summary["metrics"]["dice_kidney_and_mass"]["mean"] < 1.0
@@ -55,7 +55,7 @@ def test_cli_evaluate_keeps_other_files_in_out_dir(dirs, capsys) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert main(["evaluate", str(preds), str(gts), str(out), "--workers", "1"]) == 0
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def _shape_mismatch(preds: Path, gts: Path) -> str:

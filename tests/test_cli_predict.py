@@ -69,7 +69,7 @@ def test_kits_folder_bad_case_reported_others_done(
         np.testing.assert_array_equal(
             read_labels(out / f"{case}.nii.gz").array, expected_labels(ct.array)
         )
-    report = json.loads(stats.read_text())
+    report = json.loads(stats.read_text(encoding="utf-8"))
     assert set(report["cases"]) == {"case_00000", "case_00002"}
     assert "case_00001" in report["failed"]
     exp = expected_labels(read_image(data / "case_00002" / "imaging.nii.gz").array)
@@ -120,8 +120,11 @@ def test_split_subset_selects_cases(
     for i in range(4):
         write_volume(_ct(i), data / f"case_0000{i}" / "imaging.nii.gz")
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["case_00000", "case_00001"], "val": ["case_00002"],
-                                 "test": ["case_00003"]}))
+    split.write_text(
+        json.dumps(
+            {"train": ["case_00000", "case_00001"], "val": ["case_00002"], "test": ["case_00003"]}
+        )
+    )
     out = tmp_path / "pred"
     assert _predict(data, out, "--model", run_dir, "--split", split) == 0
     assert _files(out) == ["case_00003.nii.gz"]
@@ -136,7 +139,8 @@ def test_split_subset_selects_cases(
     split.write_text("{not json")
     _assert_fails(capsys, _predict(data, out, "--model", run_dir, "--split", split), "split")
     _assert_fails(
-        capsys, _predict(data, out, "--model", run_dir, "--split", tmp_path / "none.json"),
+        capsys,
+        _predict(data, out, "--model", run_dir, "--split", tmp_path / "none.json"),
         "not found",
     )
     assert _files(out) == ["case_00002.nii.gz", "case_00003.nii.gz"]
@@ -216,7 +220,7 @@ def test_bad_inputs_clear_error_nothing_written(
 
     assert not out_dir.exists()
     assert _files(tmp_path / "in") == ["good.nii.gz"]
-    assert blocker.read_text() == "a file where a folder should be"
+    assert blocker.read_text(encoding="utf-8") == "a file where a folder should be"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")

@@ -44,7 +44,7 @@ def test_train_cli_writes_the_phase_folder(prep_dir: Path, tmp_path: Path, capsy
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "tumor: best val loss" in out.out and "best.safetensors" in out.out
-    stored = json.loads((run / "tumor" / "config.json").read_text())
+    stored = json.loads((run / "tumor" / "config.json").read_text(encoding="utf-8"))
     # fast preset < --set: the preset's lr stays, --set values win.
     assert stored["config"]["train"]["batch_size"] == 4
     assert stored["config"]["train"]["accelerator"] == "cpu"
@@ -62,7 +62,7 @@ def _broken(tmp_path: Path, kind: str) -> Path:
         (root / "split.json").unlink()
     elif kind == "empty_train":
         root = write_prep_dir(tmp_path / "p", size=32)
-        split = json.loads((root / "split.json").read_text())
+        split = json.loads((root / "split.json").read_text(encoding="utf-8"))
         split["test"] += split["train"]
         split["train"] = []
         (root / "split.json").write_text(json.dumps(split))

@@ -62,6 +62,9 @@ def test_precedence_defaults_file_set(tmp_path: Path, suffix: str) -> None:
         ("data.image_size=100", "multiple of 32"),
         ("data.kidney_window=200,0", "low < high"),
         ("data.augment=maybe", "expected bool"),
+        ("train.loss=dice", "train.loss must be bce or bce_dice"),
+        ("train.lr_schedule=step", "train.lr_schedule must be constant or cosine"),
+        ("inference.precision=fp8", "inference.precision must be auto"),
         ("trainlr=1", "use section.key=value"),
     ],
 )
@@ -85,6 +88,6 @@ def test_dump_and_rebuild(tmp_path: Path) -> None:
     cfg = resolve_config("fast", overrides=["data.tumor_window=-100,300"])
     assert config_from_dict(config_to_dict(cfg)) == cfg
     dump_config(cfg, tmp_path / "config.json", kidneyseg_version="0.1.0")
-    stored = json.loads((tmp_path / "config.json").read_text())
+    stored = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert stored["kidneyseg_version"] == "0.1.0"
     assert config_from_dict(stored["config"]) == cfg

@@ -184,8 +184,9 @@ def test_stale_part_larger_than_file_restarts(server: FakeKits, tmp_path: Path) 
     [
         (b"<html>not found</html>" * 40, "gzip stream does not decompress"),
         ("truncated", "truncated"),
-        (gzip.compress(b"not a nifti header" * 50), "not a NIfTI file"),
+        (gzip.compress(b"not a nifti header" * 50, mtime=0), "not a NIfTI file"),
     ],
+    ids=["html-page", "truncated", "not-nifti"],
 )
 def test_corrupt_file_is_detected_and_removed(
     server: FakeKits, tmp_path: Path, payload: bytes | str, message: str

@@ -34,15 +34,52 @@ def _sets(items: list[str]) -> list[str]:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
     paths = {name: root / name for name in ("data", "prep", "run", "pred", "eval", "report")}
-    assert main(["phantoms", str(paths["data"]), "--cases", "5", "--seed", "3",
-                 "--shape", "12", "48", "48"]) == 0
+    assert (
+        main(
+            [
+                "phantoms",
+                str(paths["data"]),
+                "--cases",
+                "5",
+                "--seed",
+                "3",
+                "--shape",
+                "12",
+                "48",
+                "48",
+            ]
+        )
+        == 0
+    )
     assert main(["preprocess", str(paths["data"]), str(paths["prep"]), "--workers", "1"]) == 0
     for phase in ("kidney", "tumor"):
-        code = main(["train", str(paths["prep"]), str(paths["run"]), "--phase", phase,
-                     "--quiet", *_sets(TINY)])
+        code = main(
+            [
+                "train",
+                str(paths["prep"]),
+                str(paths["run"]),
+                "--phase",
+                phase,
+                "--quiet",
+                *_sets(TINY),
+            ]
+        )
         assert code == 0
-    assert main(["predict", str(paths["data"]), str(paths["pred"]), "--model", str(paths["run"]),
-                 "--no-progress", "--stats", str(root / "stats.json")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(paths["data"]),
+                str(paths["pred"]),
+                "--model",
+                str(paths["run"]),
+                "--no-progress",
+                "--stats",
+                str(root / "stats.json"),
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(paths["pred"]), str(paths["data"]), str(paths["eval"])]) == 0
     assert main(["report", str(paths["run"]), str(paths["eval"]), str(paths["report"])]) == 0
     paths["stats"] = root / "stats.json"
@@ -52,10 +89,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_training_wrote_both_phases(pipeline: dict[str, Path]) -> None:
     for phase in ("kidney", "tumor"):
         folder = pipeline["run"] / phase
-        for name in ("best.safetensors", "last.safetensors", "metrics.csv", "curves.png",
-                     "config.json"):
+        for name in (
+            "best.safetensors",
+            "last.safetensors",
+            "metrics.csv",
+            "curves.png",
+            "config.json",
+        ):
             assert (folder / name).is_file(), f"{phase}/{name} missing"
-        rows = list(csv.DictReader((folder / "metrics.csv").open()))
+        rows = list(csv.DictReader((folder / "metrics.csv").open(encoding="utf-8")))
         assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0
 
 
@@ -75,20 +117,20 @@ def test_predictions_keep_each_input_geometry(pipeline: dict[str, Path]) -> None
 
 
 def test_stats_match_written_labels(pipeline: dict[str, Path]) -> None:
-    stats = json.loads(pipeline["stats"].read_text())
+    stats = json.loads(pipeline["stats"].read_text(encoding="utf-8"))
     text = json.dumps(stats)
     for case in (p.name.removesuffix(".nii.gz") for p in pipeline["pred"].glob("*.nii.gz")):
         assert case in text
 
 
 def test_evaluation_and_report(pipeline: dict[str, Path]) -> None:
-    rows = list(csv.DictReader((pipeline["eval"] / "per_case.csv").open()))
+    rows = list(csv.DictReader((pipeline["eval"] / "per_case.csv").open(encoding="utf-8")))
     assert len(rows) == 5
     for row in rows:
         assert 0.0 <= float(row["dice_kidney_and_mass"]) <= 1.0
-    summary = json.loads((pipeline["eval"] / "summary.json").read_text())
+    summary = json.loads((pipeline["eval"] / "summary.json").read_text(encoding="utf-8"))
     assert Path(summary["pred_dir"]).resolve() == pipeline["pred"].resolve()
-    html = (pipeline["report"] / "report.html").read_text()
+    html = (pipeline["report"] / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64" in html and "case_0000" in html
 
 
@@ -97,7 +139,7 @@ def test_demo_command_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["demo", str(out), "--cases", "5", "--seed", "5", *_sets(TINY)]) == 0
     for name in ("phantoms", "prep", "run", "pred", "eval", "report"):
         assert (out / name).is_dir(), name
-    test_cases = json.loads((out / "prep" / "split.json").read_text())["test"]
+    test_cases = json.loads((out / "prep" / "split.json").read_text(encoding="utf-8"))["test"]
     assert sorted(p.name for p in (out / "pred").glob("*.nii.gz")) == sorted(
         f"{c}.nii.gz" for c in test_cases
     )

@@ -300,7 +300,7 @@ def test_evaluate_writes_consistent_files(kits_case, tmp_path: Path) -> None:
         kidney_ml = np.count_nonzero(gt.array) * np.prod(gt.spacing) / 1000
         assert float(row["volume_ml_kidney_gt"]) == pytest.approx(kidney_ml)
 
-    on_disk = json.loads((out / "summary.json").read_text())
+    on_disk = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert on_disk == summary
     assert on_disk["pred_dir"] == str(preds.resolve()) and on_disk["gt_dir"] == str(KITS23)
     assert on_disk["n_cases"] == 2 and on_disk["kidneyseg_version"]
@@ -312,7 +312,7 @@ def test_evaluate_writes_consistent_files(kits_case, tmp_path: Path) -> None:
     assert on_disk["metrics"]["dice_tumor"]["n"] == 2
     class_means = [on_disk["metrics"][f"dice_{n}"]["mean"] for n in KITS_CLASSES]
     assert on_disk["kits_mean_dice"] == pytest.approx(np.mean(class_means))
-    assert (out / "summary.md").read_text() == format_table(summary)
+    assert (out / "summary.md").read_text(encoding="utf-8") == format_table(summary)
     assert "`paper_slice_dice_tumor`" in format_table(summary)
 
 

@@ -436,7 +436,7 @@ def test_predict_paths_report_and_stats(predictor: Predictor, tmp_path: Path) ->
     assert report.ok and len(report.written) == 2 and not report.skipped
     again = predictor.predict_paths(tmp_path / "in", tmp_path / "out", stats_path=stats)
     assert not again.written and len(again.skipped) == 2
-    data = json.loads(stats.read_text())
+    data = json.loads(stats.read_text(encoding="utf-8"))
     assert set(data["cases"]) == {"one", "two"}  # skipped cases still get statistics
     assert (
         data["cases"]["one"]

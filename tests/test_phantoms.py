@@ -62,7 +62,9 @@ def test_cohort_files_identical_across_runs_and_workers(tmp_path: Path) -> None:
     assert a[0].image.stat().st_mtime_ns == before
     write_cohort(tmp_path / "a", cases=1, seed=3, shape=(12, 48, 40), progress=False)
     assert read_volume(a[0].image).to_canonical().shape == (12, 48, 40)
-    assert json.loads((a[0].image.parent / "phantom.json").read_text())["shape"] == [12, 48, 40]
+    assert json.loads((a[0].image.parent / "phantom.json").read_text(encoding="utf-8"))[
+        "shape"
+    ] == [12, 48, 40]
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]
 
 
@@ -223,4 +225,4 @@ def test_cli_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["phantoms", str(blocker / "out"), "--cases", "1"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "file.txt" in err
-    assert blocker.read_text() == "not a folder"
+    assert blocker.read_text(encoding="utf-8") == "not a folder"

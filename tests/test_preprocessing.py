@@ -96,7 +96,7 @@ def test_outputs_match_contract(data_dir: Path, tmp_path: Path) -> None:
     prep = tmp_path / "prep"
     summary = preprocess(data_dir, prep, Config(), workers=1, progress=False)
     assert sorted(summary.processed) == [f"case_0000{i}" for i in range(5)]
-    meta = json.loads((prep / "meta.json").read_text())
+    meta = json.loads((prep / "meta.json").read_text(encoding="utf-8"))
     assert (meta["format"], meta["format_version"]) == ("kidneyseg-prep", 1)
     assert meta["config"]["preprocess"]["split"] == [0.8, 0.1, 0.1]
     assert set(meta["normalization"]) == {"kidney", "tumor"}
@@ -119,7 +119,7 @@ def test_outputs_match_contract(data_dir: Path, tmp_path: Path) -> None:
         assert slices.dtype == np.int64 and slices.shape == (image.shape[0], 3)
         for col, k in enumerate((1, 2, 3)):
             np.testing.assert_array_equal(slices[:, col], (label == k).sum(axis=(1, 2)))
-        record = json.loads((out / "case.json").read_text())
+        record = json.loads((out / "case.json").read_text(encoding="utf-8"))
         assert record["shape"] == list(image.shape) == meta["cases"][cid]["shape"]
         assert record["spacing_mm"] == pytest.approx(src.canonical_spacing)
         assert meta["cases"][cid]["spacing_mm"] == pytest.approx(src.canonical_spacing)
@@ -198,7 +198,7 @@ def test_split_deterministic_and_disjoint() -> None:
 def test_split_json_and_user_split(data_dir: Path, tmp_path: Path) -> None:
     cfg = resolve_config(overrides=["preprocess.seed=3"])
     preprocess(data_dir, tmp_path / "p1", cfg, workers=1, progress=False)
-    written = json.loads((tmp_path / "p1" / "split.json").read_text())
+    written = json.loads((tmp_path / "p1" / "split.json").read_text(encoding="utf-8"))
     expected = make_split([f"case_0000{i}" for i in range(5)], (0.8, 0.1, 0.1), 3)
     assert written == expected.to_json() and written["seed"] == 3
     user = {
@@ -211,7 +211,7 @@ def test_split_json_and_user_split(data_dir: Path, tmp_path: Path) -> None:
     # Reuses p1's case arrays (resume) but writes the user's split.
     summary = preprocess(data_dir, tmp_path / "p1", split_file=split_file, progress=False)
     assert summary.processed == () and len(summary.skipped) == 5
-    written = json.loads((tmp_path / "p1" / "split.json").read_text())
+    written = json.loads((tmp_path / "p1" / "split.json").read_text(encoding="utf-8"))
     assert {k: written[k] for k in ("train", "val", "test")} == user
 
 
@@ -259,7 +259,7 @@ def test_statistics_from_training_split_only(data_dir: Path, tmp_path: Path) -> 
 def test_resume_skips_done_cases_and_ignores_leftovers(data_dir: Path, tmp_path: Path) -> None:
     prep = tmp_path / "prep"
     preprocess(data_dir, prep, workers=1, progress=False)
-    meta_before = json.loads((prep / "meta.json").read_text())
+    meta_before = json.loads((prep / "meta.json").read_text(encoding="utf-8"))
     done = prep / "cases" / "case_00001" / "image.npy"
     mtime = done.stat().st_mtime_ns
     # An interrupted run leaves a temp folder; a case folder missing a file is not done.
@@ -273,7 +273,7 @@ def test_resume_skips_done_cases_and_ignores_leftovers(data_dir: Path, tmp_path:
     assert done.stat().st_mtime_ns == mtime
     assert not leftover.exists()
     assert (prep / "cases" / "case_00003" / "slices.npy").is_file()
-    assert json.loads((prep / "meta.json").read_text()) == meta_before
+    assert json.loads((prep / "meta.json").read_text(encoding="utf-8")) == meta_before
 
 
 def test_parallel_matches_serial(data_dir: Path, tmp_path: Path) -> None:
@@ -304,7 +304,7 @@ def test_parallel_error_stops_and_keeps_done_cases(data_dir: Path, tmp_path: Pat
 def test_cli_success(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(str(data_dir), str(tmp_path / "prep"), "--set", "preprocess.seed=2") == 0
     assert "preprocessed 5 case(s)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "prep" / "split.json").read_text())["seed"] == 2
+    assert json.loads((tmp_path / "prep" / "split.json").read_text(encoding="utf-8"))["seed"] == 2
 
 
 def _mismatched_shape(root: Path) -> None:

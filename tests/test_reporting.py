@@ -198,7 +198,7 @@ def test_make_report_self_contained_html_and_markdown(inputs: dict[str, Path]) -
     html_path = make_report(inputs["run"], inputs["eval"], inputs["out"], max_cases=6)
     out = inputs["out"]
     assert html_path == out / "report.html"
-    text = html_path.read_text()
+    text = html_path.read_text(encoding="utf-8")
     assert "http://" not in text and "https://" not in text
     srcs = re.findall(r"src=['\"]([^'\"]*)", text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -215,11 +215,11 @@ def test_make_report_self_contained_html_and_markdown(inputs: dict[str, Path]) -
     assert f"{PAPER_CASE_DICE['tumor']:.3f}" in text
     assert "per-case" in text.lower() and "per-slice" in text.lower()
     assert "volume_ml_extra" not in text  # unknown columns ignored
-    md = (out / "report.md").read_text()
+    md = (out / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert len(links) == 4 and all((out / link).is_file() for link in links)
     assert "per-case" in md.lower() and "per-slice" in md.lower() and "0.923" in md
-    table1 = (out / "table1.csv").read_text().splitlines()
+    table1 = (out / "table1.csv").read_text(encoding="utf-8").splitlines()
     assert table1[1].startswith("kidney,0.9234,0.031,0.93,0.9,") and len(table1) == 5
     # Rerun replaces the previous report folder (no stale files, no leftover temp folders).
     (out / "stale.png").write_bytes(b"x")
@@ -230,7 +230,7 @@ def test_make_report_self_contained_html_and_markdown(inputs: dict[str, Path]) -
 
 def test_missing_prediction_is_noted_not_fatal(inputs: dict[str, Path]) -> None:
     (inputs["pred"] / "case_00003.nii.gz").unlink()
-    text = make_report(inputs["run"], inputs["eval"], inputs["out"]).read_text()
+    text = make_report(inputs["run"], inputs["eval"], inputs["out"]).read_text(encoding="utf-8")
     assert "Overlay for case_00003 not drawn" in text and "case_00003.nii.gz" in text
     assert len(list(inputs["out"].glob("overlay_*.png"))) == 2
 
@@ -279,4 +279,4 @@ def test_bad_inputs_raise_and_leave_nothing(inputs: dict[str, Path], problem: st
     assert sorted(p.name for p in out.parent.iterdir()) == before
     assert (ev / "summary.json").is_file()
     if problem == "out_not_report":
-        assert (out / "precious.txt").read_text() == "keep me"
+        assert (out / "precious.txt").read_text(encoding="utf-8") == "keep me"

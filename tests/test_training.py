@@ -79,7 +79,7 @@ def test_run_folder_contents(kidney_run: Path, prep_dir: Path) -> None:
     assert best["val_loss"] == pytest.approx(min(val), rel=1e-4)
     assert best["phase"] == "kidney" and best["normalization"]["window"] == [0.0, 200.0]
     assert read_checkpoint_meta(out / "last.safetensors")["epoch"] == 2
-    stored = json.loads((out / "config.json").read_text())
+    stored = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert stored["config"]["data"]["image_size"] == 32 and stored["kidneyseg_version"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, meta = load_checkpoint(out / "best.safetensors")
@@ -154,8 +154,10 @@ def test_tumor_phase_on_predicted_regions(prep_dir: Path, tmp_path: Path) -> Non
     train_phase(prep_dir, run, "tumor", cfg, kidney_model=everywhere, progress=False)
     assert (run / "tumor" / "best.safetensors").is_file()
     regions = run / "tumor" / "regions"
-    assert json.loads((regions / "source.json").read_text())["checkpoint"] == str(everywhere)
-    split = json.loads((prep_dir / "split.json").read_text())
+    assert json.loads((regions / "source.json").read_text(encoding="utf-8"))["checkpoint"] == str(
+        everywhere
+    )
+    split = json.loads((prep_dir / "split.json").read_text(encoding="utf-8"))
     for case_id in split["train"] + split["val"]:
         region = np.load(regions / f"{case_id}.npy")
         assert region.shape == np.load(prep_dir / "cases" / case_id / "image.npy").shape
@@ -247,3 +249,40 @@ def test_ctrl_c_is_a_keyboard_interrupt_and_resumable(prep_dir: Path, tmp_path: 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     train_phase(prep_dir, run, "kidney", cfg, resume=True, progress=False)
     assert [int(r["epoch"]) for r in rows(run, "kidney")] == [1, 2]
+
+
+def test_bce_dice_loss_values_and_gradient() -> None:
+    import math
+
+    from kidneyseg.training import BceDiceLoss
+
+    target = torch.zeros(2, 1, 4, 4)
+    target[:, :, :2] = 1.0
+    # Logit 0: BCE = log 2; soft Dice = (2 * 0.5 * 16 + 1) / (0.5 * 32 + 16 + 1) = 17 / 33.
+    loss = BceDiceLoss()(torch.zeros(2, 1, 4, 4), target)
+    assert float(loss) == pytest.approx(math.log(2) + 1 - 17 / 33, abs=1e-6)
+    # A confident, correct prediction costs almost nothing; a confident wrong one a lot.
+    good = BceDiceLoss()(torch.where(target > 0, 20.0, -20.0), target)
+    bad = BceDiceLoss()(torch.where(target > 0, -20.0, 20.0), target)
+    assert float(good) < 1e-3 < 1.0 < float(bad)
+    logits = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    BceDiceLoss()(logits, target).backward()
+    assert logits.grad is not None
+    assert (logits.grad[target > 0] < 0).all() and (logits.grad[target == 0] > 0).all()
+
+
+def test_cosine_schedule_decays_lr(tmp_path: Path) -> None:
+    from kidneyseg.training import SegmentationTask
+
+    cfg = tiny("train.lr_schedule=cosine", "train.epochs=4")
+    out = SegmentationTask(cfg, "kidney").configure_optimizers()
+    scheduler = out["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(4):
+        lrs.append(out["optimizer"].param_groups[0]["lr"])
+        out["optimizer"].step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(cfg.train.lr) and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] < lrs[0] / 2
+    constant = SegmentationTask(tiny(), "kidney").configure_optimizers()
+    assert isinstance(constant, torch.optim.Optimizer)  # the paper's plain Adam

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from kidneyseg.errors import KidneysegError
 
@@ -52,6 +53,9 @@ class DataConfig:
     foreground_fraction: float = 0.5
     #: Phase-2 input region: "ground_truth" kidney region (default) or "predicted" by phase 1.
     tumor_region: str = "ground_truth"
+    #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
+    #: inference alike; 0 = the paper's tight region. See normalization.expand_region.
+    region_margin_mm: float = 0.0
     #: Augmentation (paper §4.1): rotation, flip, random crop, Gaussian noise.
     augment: bool = True
     rotation_degrees: float = 15.0
@@ -82,7 +86,7 @@ class ModelConfig:
 class TrainConfig:
     """One phase's optimisation (paper §4.2)."""
 
-    #: Loss: binary cross-entropy on logits (paper §4.2).
+    #: Loss: binary cross-entropy on logits (paper §4.2); "bce_dice" adds a batch soft Dice.
     loss: str = "bce"
     #: Adam, learning rate 1e-3 (paper §4.2).
     optimizer: str = "adam"
@@ -148,10 +152,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     # Minutes on 2 CPU cores on the phantom cohort: small slices, no ImageNet download.
     "fast": {
-        "data": {"image_size": 128, "num_workers": 0, "samples_per_epoch": 512},
+        "data": {
+            "image_size": 128,
+            "num_workers": 0,
+            "samples_per_epoch": 512,
+        },
         "model": {"encoder_weights": "none"},
-        "train": {"batch_size": 16, "epochs": 8, "lr": 2e-3, "lr_schedule": "cosine",
-                  "limit_val_batches": 8},
+        "train": {
+            "batch_size": 16,
+            "epochs": 8,
+            "lr": 2e-3,
+            "lr_schedule": "cosine",
+            "loss": "bce_dice",
+            "limit_val_batches": 8,
+        },
         "inference": {"batch_size": 32},
         "postprocess": {"min_component_ml": 0.1},
     },
@@ -248,7 +262,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise KidneysegError("config file not found", path=p)
-    text = p.read_text()
+    text = p.read_text(encoding="utf-8")
     try:
         if p.suffix == ".json":
             data = json.loads(text)
@@ -284,33 +298,53 @@ def validate(cfg: Config) -> Config:
     need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     need(t.epochs >= 1, f"train.epochs must be >= 1 (got {t.epochs})")
     need(t.weight_decay >= 0, "train.weight_decay must be >= 0")
-    need(t.loss == "bce", f"train.loss must be 'bce' (got {t.loss!r})")
-    need(t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw ({t.optimizer!r})")
+    need(t.loss in ("bce", "bce_dice"), f"train.loss must be bce or bce_dice (got {t.loss!r})")
+    need(
+        t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw ({t.optimizer!r})"
+    )
     need(t.num_nodes >= 1, "train.num_nodes must be >= 1")
-    need(t.lr_schedule in ("constant", "cosine"),
-         f"train.lr_schedule must be constant or cosine (got {t.lr_schedule!r})")
-    need(d.image_size >= 32 and d.image_size % 32 == 0,
-         f"data.image_size must be a multiple of 32 and >= 32 (got {d.image_size}); try 128/256/512")
-    need(d.kidney_window[0] < d.kidney_window[1], f"data.kidney_window must be (low, high) with low < high")
-    need(d.tumor_window is None or d.tumor_window[0] < d.tumor_window[1],
-         "data.tumor_window must be none or (low, high) with low < high")
+    need(
+        t.lr_schedule in ("constant", "cosine"),
+        f"train.lr_schedule must be constant or cosine (got {t.lr_schedule!r})",
+    )
+    need(
+        d.image_size >= 32 and d.image_size % 32 == 0,
+        f"data.image_size must be a multiple of 32 and >= 32 (got {d.image_size}); try 128/256/512",
+    )
+    need(
+        d.kidney_window[0] < d.kidney_window[1],
+        "data.kidney_window must be (low, high) with low < high",
+    )
+    need(
+        d.tumor_window is None or d.tumor_window[0] < d.tumor_window[1],
+        "data.tumor_window must be none or (low, high) with low < high",
+    )
     need(0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction must be in [0, 1]")
-    need(d.tumor_region in ("ground_truth", "predicted"),
-         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})")
+    need(d.region_margin_mm >= 0, "data.region_margin_mm must be >= 0")
+    need(
+        d.tumor_region in ("ground_truth", "predicted"),
+        f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})",
+    )
     need(d.noise_std >= 0 and 0 <= d.flip_probability <= 1, "data.noise_std >= 0, flip in [0, 1]")
     need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale must be 0 < lo <= hi <= 1")
     need(d.num_workers >= 0 and d.samples_per_epoch >= 0, "data.num_workers/samples >= 0")
-    need(m.architecture in ("unet_resnet34", "unet_plain"),
-         f"model.architecture must be unet_resnet34 or unet_plain (got {m.architecture!r})")
+    need(
+        m.architecture in ("unet_resnet34", "unet_plain"),
+        f"model.architecture must be unet_resnet34 or unet_plain (got {m.architecture!r})",
+    )
     need(m.in_channels >= 1 and m.classes >= 1 and m.base_channels >= 1, "model sizes must be >= 1")
     s = cfg.preprocess.split
-    need(all(x >= 0 for x in s) and abs(sum(s) - 1) < 1e-6 and s[0] > 0,
-         f"preprocess.split must be three fractions summing to 1 with train > 0 (got {s})")
+    need(
+        all(x >= 0 for x in s) and abs(sum(s) - 1) < 1e-6 and s[0] > 0,
+        f"preprocess.split must be three fractions summing to 1 with train > 0 (got {s})",
+    )
     need(cfg.preprocess.workers >= 1, "preprocess.workers must be >= 1")
     need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
     need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
-    need(cfg.inference.precision in ("auto", "fp32", "bf16"),
-         f"inference.precision must be auto, fp32 or bf16 (got {cfg.inference.precision!r})")
+    need(
+        cfg.inference.precision in ("auto", "fp32", "bf16"),
+        f"inference.precision must be auto, fp32 or bf16 (got {cfg.inference.precision!r})",
+    )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
     return cfg
 

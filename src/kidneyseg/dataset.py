@@ -52,7 +52,7 @@ from torch.utils.data import Dataset, Sampler
 
 from kidneyseg.config import DataConfig
 from kidneyseg.errors import KidneysegError
-from kidneyseg.normalization import HIST_BINS, normalize, phase_normalization
+from kidneyseg.normalization import HIST_BINS, expand_region, normalize, phase_normalization
 from kidneyseg.slices import from_model_size, to_model_size
 from kidneyseg.types import MAX_LABEL, PHASE_TARGETS, PHASES
 
@@ -75,7 +75,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise KidneysegError(f"missing {path.name} ({what}); {_PREPROCESS_HINT}", path=path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise KidneysegError(f"cannot read {path.name}: {exc}", path=path) from exc
     if not isinstance(data, dict):
@@ -221,6 +221,11 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 "data.tumor_region=predicted needs predicted kidney regions (pass a phase-1 model)"
             )
         self.regions_dir = Path(regions_dir) if self.predicted and regions_dir else None
+        self.margin_mm = cfg.region_margin_mm if phase == "tumor" else 0.0
+        cases_meta = prep.meta.get("cases", {})
+        self._spacing_yx = [
+            tuple(cases_meta.get(c, {}).get("spacing_mm", (1.0, 1.0, 1.0))[1:]) for c in case_ids
+        ]
         self._target_lut = _label_lut(PHASE_TARGETS[phase])
         self._files: list[tuple[Path, Path, Path | None]] = []
         items, foreground = [], []
@@ -278,6 +283,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         mask = None
         if self.phase == "tumor":
             mask = np.asarray(region[z]) if region is not None else _REGION_LUT[labels]
+            mask = expand_region(mask, self._spacing_yx[case_index], self.margin_mm)
         x = torch.from_numpy(normalize(hu, self.normalization, region=mask))[None, None]
         y = torch.from_numpy(self._target_lut[labels])[None, None]
         if x.shape[-2:] != (self.size, self.size):
@@ -419,7 +425,7 @@ def regions_ready(regions_dir: str | Path, case_ids: Sequence[str], checkpoint: 
     if not regions_complete(regions_dir, case_ids) or not source.is_file():
         return False
     try:
-        recorded = json.loads(source.read_text()).get("sha256")
+        recorded = json.loads(source.read_text(encoding="utf-8")).get("sha256")
     except ValueError:
         return False
     return bool(recorded == _file_digest(Path(checkpoint)))
@@ -460,7 +466,7 @@ def predict_kidney_regions(
     source_file = out / "source.json"
     if (
         source_file.is_file()
-        and json.loads(source_file.read_text()).get("sha256") != source["sha256"]
+        and json.loads(source_file.read_text(encoding="utf-8")).get("sha256") != source["sha256"]
     ):
         shutil.rmtree(out)  # regions of another phase-1 model: stale
     if regions_complete(out, case_ids) and source_file.is_file():

@@ -48,7 +48,7 @@ def _say(msg: str) -> None:
 
 def run_demo(
     out_dir: str | Path = "demo_out",
-    cases: int = 40,
+    cases: int = 60,
     seed: int = 0,
     cfg: Config | None = None,
     progress: bool = True,
@@ -92,7 +92,7 @@ def run_demo(
             continue
         stage(f"train {phase}", train_phase, prep, run, phase, cfg, progress=progress)
 
-    test_cases = json.loads((prep / "split.json").read_text())["test"]
+    test_cases = json.loads((prep / "split.json").read_text(encoding="utf-8"))["test"]
     predictor = Predictor(run, device="auto", progress=False)
     report = stage("predict", predictor.predict_paths, data, pred, cases=test_cases)
     if not report.ok:

@@ -635,4 +635,4 @@ def _write_outputs(out: Path, rows: Sequence[dict[str, Any]], summary: dict[str,
     with contextlib.ExitStack() as stack:
         temporaries = {name: stack.enter_context(atomic_path(out / name)) for name in texts}
         for name, text in texts.items():
-            temporaries[name].write_text(text)
+            temporaries[name].write_text(text, encoding="utf-8")

@@ -496,6 +496,7 @@ class Predictor:
         return self._predict(volume, volume.case_id or None)
 
     def _predict(self, volume: Volume, source: str | Path | None) -> Volume:
+        from kidneyseg.normalization import expand_region
         from kidneyseg.postprocessing import postprocess
 
         ct = volume.to_canonical()
@@ -517,11 +518,15 @@ class Predictor:
             bar.total = ct.shape[0] + len(region_slices)
             bar.refresh()
             tumor = np.zeros_like(kidney)
+            spacing = volume.canonical_spacing
+            # Phase 2 sees the region grown as its model was trained (0 mm: the paper's).
+            margin = self.phases["tumor"].config.data.region_margin_mm
+            region = expand_region(kidney, (spacing[1], spacing[2]), margin)
             if len(region_slices):
                 tumor[region_slices] = self._segment(
-                    self.phases["tumor"], ct, region_slices, kidney, bar
+                    self.phases["tumor"], ct, region_slices, region, bar
                 )
-        labels = postprocess(kidney, tumor, volume.canonical_spacing, self.config.postprocess)
+        labels = postprocess(kidney, tumor, spacing, self.config.postprocess, region=region)
         out = volume.from_canonical(labels)
         return out.with_array(np.ascontiguousarray(out.array))
 

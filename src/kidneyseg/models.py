@@ -37,8 +37,12 @@ CHECKPOINT_VERSION = 1
 class _DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(True),
         )
 
 
@@ -113,8 +117,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     smp_weights = "imagenet" if weights.lower() == "imagenet" else None
     try:
         model = smp.Unet(
-            encoder_name="resnet34", encoder_weights=smp_weights,
-            in_channels=cfg.in_channels, classes=cfg.classes,
+            encoder_name="resnet34",
+            encoder_weights=smp_weights,
+            in_channels=cfg.in_channels,
+            classes=cfg.classes,
         )
     except Exception as exc:  # network errors surface as many types (URLError, HF errors, ...)
         if smp_weights is None:
@@ -122,7 +128,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise KidneysegError(
             "cannot download the ImageNet ResNet34 encoder weights "
             f"({type(exc).__name__}). Pre-fetch them on a machine with internet "
-            "(python -c \"import segmentation_models_pytorch as s; "
+            '(python -c "import segmentation_models_pytorch as s; '
             "s.Unet('resnet34', encoder_weights='imagenet')\"), pass a local file with "
             "--set model.encoder_weights=PATH, or train from scratch with "
             "--set model.encoder_weights=none"
@@ -133,8 +139,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, cfg: Config, phase: str,
-    normalization: dict[str, Any], extra: dict[str, Any] | None = None,
+    path: str | Path,
+    model: nn.Module,
+    cfg: Config,
+    phase: str,
+    normalization: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write ``model``'s weights and everything needed to rebuild it, atomically."""
     from safetensors.torch import save_file
@@ -144,10 +154,14 @@ def save_checkpoint(
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-        "kidneyseg_version": package_version(), "phase": phase,
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "kidneyseg_version": package_version(),
+        "phase": phase,
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
-        "config": config_to_dict(cfg), "normalization": normalization, **(extra or {}),
+        "config": config_to_dict(cfg),
+        "normalization": normalization,
+        **(extra or {}),
     }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"kidneyseg": json.dumps(meta)})
@@ -178,7 +192,9 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (eval mode).
 
     Returns:

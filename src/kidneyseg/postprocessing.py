@@ -116,6 +116,7 @@ def postprocess(
     tumor: npt.NDArray[Any],
     spacing: Sequence[float],
     cfg: PostprocessConfig | None = None,
+    region: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """The cascade's masks -> final labels, as ``cfg`` asks (paper §4.3).
 
@@ -129,6 +130,8 @@ def postprocess(
         tumor: phase-2 tumor mask, same shape.
         spacing: voxel size in mm, in the arrays' axis order.
         cfg: settings; the paper defaults when omitted.
+        region: the region phase 2 saw (the kidney region grown by ``data.region_margin_mm``);
+            the tumor is kept inside it. Defaults to ``kidney`` (the paper).
 
     Example:
         >>> import numpy as np
@@ -142,7 +145,7 @@ def postprocess(
     kidney = np.asarray(kidney, dtype=bool)
     tumor = np.asarray(tumor, dtype=bool)
     if cfg.tumor_inside_kidney:
-        tumor = restrict_tumor_to_kidney(kidney, tumor)
+        tumor = restrict_tumor_to_kidney(kidney if region is None else region, tumor)
     if cfg.min_component_ml > 0:
         min_voxels = ml_to_voxels(cfg.min_component_ml, spacing)
         kidney = remove_small_components(kidney, min_voxels)

@@ -194,7 +194,7 @@ def read_split_file(path: str | Path, case_ids: Sequence[str]) -> Split:
     if not p.is_file():
         raise KidneysegError("split file not found", path=p)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise KidneysegError(f"cannot parse split file as JSON: {exc}", path=p) from exc
     if not isinstance(data, dict) or any(
@@ -358,7 +358,7 @@ def restore_geometry(record: dict[str, Any], canonical: npt.NDArray[Any]) -> Vol
 
     Example:
         >>> case = Path("prep/cases/case_00000")
-        >>> record = json.loads((case / "case.json").read_text())  # doctest: +SKIP
+        >>> record = json.loads((case / "case.json").read_text(encoding="utf-8"))  # doctest: +SKIP
         >>> labels = restore_geometry(record, np.load(case / "label.npy"))  # doctest: +SKIP
     """
     orig = record["original"]
@@ -409,7 +409,7 @@ def process_case(case: KitsCase, cases_dir: str | Path) -> dict[str, Any]:
             np.save(tmp / "label.npy", lab)
             np.save(tmp / "slices.npy", slices.astype(np.int64, copy=False))
             np.savez(tmp / "hist.npz", all=hists["all"], kidney_region=hists["kidney_region"])
-            (tmp / "case.json").write_text(json.dumps(record, indent=2) + "\n")
+            (tmp / "case.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise KidneysegError(f"cannot write preprocessed case: {exc}", path=final) from exc
     return record
@@ -421,7 +421,7 @@ def _done_record(case: KitsCase, cases_dir: Path) -> dict[str, Any] | None:
     if not all((folder / name).is_file() for name in CASE_FILES) or case.label is None:
         return None
     try:
-        record = json.loads((folder / "case.json").read_text())
+        record = json.loads((folder / "case.json").read_text(encoding="utf-8"))
         stamp = record["source_stamp"]
         if stamp["image"] != _stamp(case.image) or stamp["label"] != _stamp(case.label):
             return None

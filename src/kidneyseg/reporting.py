@@ -103,7 +103,7 @@ def read_csv_columns(
     """
     p = Path(path)
     try:
-        with open(p, newline="") as f:
+        with open(p, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
             header = list(reader.fieldnames or [])
@@ -125,7 +125,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     """Read ``summary.json`` (must be a JSON object)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KidneysegError(f"cannot read JSON: {exc}", path=p) from exc
     if not isinstance(data, dict):
@@ -303,7 +303,7 @@ def _curve_title(phase: str, config_path: Path) -> str:
     index = PHASES.index(phase) + 1 if phase in PHASES else 0
     title = f"phase {index}: {phase}"
     try:
-        cfg = json.loads(config_path.read_text()).get("config", {})
+        cfg = json.loads(config_path.read_text(encoding="utf-8")).get("config", {})
         model, train = cfg.get("model", {}), cfg.get("train", {})
         parts = [str(model["architecture"])] if "architecture" in model else []
         parts += [

@@ -29,12 +29,25 @@ SUBCOMMANDS = (
 def add_config_options(parser: argparse.ArgumentParser, presets: bool = True) -> None:
     """--preset / --config / --set, shared by every command that takes a config."""
     if presets:
-        parser.add_argument("--preset", default="paper",
-                            help="named preset: paper (default, the published settings) or fast")
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="config file (.json/.yaml/.toml) applied over the preset")
-    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
-                        dest="overrides", help="override one config field (repeatable)")
+        parser.add_argument(
+            "--preset",
+            default="paper",
+            help="named preset: paper (default, the published settings) or fast",
+        )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="config file (.json/.yaml/.toml) applied over the preset",
+    )
+    parser.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one config field (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

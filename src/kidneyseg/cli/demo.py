@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out_dir", nargs="?", default="demo_out", help="output folder (demo_out)")
     p.add_argument(
-        "--cases", type=int, default=40, help="phantom cases (40: 32 train, 4 val, 4 test)"
+        "--cases", type=int, default=60, help="phantom cases (60: 48 train, 6 val, 6 test)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the phantom cohort (0)")
     add_config_options(p)

@@ -82,7 +82,7 @@ def _split_cases(path: str, subset: str) -> list[str]:
     from kidneyseg.errors import KidneysegError
 
     try:
-        split = json.loads(Path(path).read_text())
+        split = json.loads(Path(path).read_text(encoding="utf-8"))
         cases = split[subset]
     except FileNotFoundError as exc:
         raise KidneysegError("split file not found", path=path) from exc

@@ -730,14 +730,14 @@ def _write_case(out_dir: str, index: int, seed: int, shape: tuple[int, int, int]
     with atomic_dir(Path(out_dir) / case_id) as tmp:
         write_volume(ct, tmp / IMAGE_NAME)
         write_volume(labels, tmp / LABEL_NAME)
-        (tmp / "phantom.json").write_text(json.dumps(stamp, indent=1) + "\n")
+        (tmp / "phantom.json").write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
     return case_id
 
 
 def _is_done(case_dir: Path, seed: int, shape: tuple[int, int, int]) -> bool:
     """True when ``case_dir`` already holds this exact phantom (a resumed cohort)."""
     try:
-        stamp = json.loads((case_dir / "phantom.json").read_text())
+        stamp = json.loads((case_dir / "phantom.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return (
