@@ -79,3 +79,38 @@ def test_checkpoint_refusals(tmp_path: Path) -> None:
         load_checkpoint(old)
     with pytest.raises(KidneysegError, match="encoder weights file not found"):
         build_model(ModelConfig(encoder_weights=str(tmp_path / "none.pth")))
+
+
+def test_imagenet_weights_offline_gives_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import segmentation_models_pytorch.encoders as smp_encoders
+
+    def offline(*args: object, **kwargs: object) -> str:
+        raise OSError("[Errno 101] Network is unreachable")
+
+    # smp fetches the ImageNet encoder through the Hugging Face hub; make that fail as offline.
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", offline)
+    with pytest.raises(KidneysegError) as err:
+        build_model(ModelConfig(encoder_weights="imagenet"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "Pre-fetch" in message and "model.encoder_weights=none" in message
+
+
+def test_local_encoder_weights_file(tmp_path: Path) -> None:
+    import torchvision
+
+    # An RGB ResNet34 state dict (as torchvision/timm save it) adapts to the 1-channel stem.
+    rgb = torchvision.models.resnet34(weights=None).state_dict()
+    path = tmp_path / "resnet34.pth"
+    torch.save(rgb, path)
+    model = build_model(ModelConfig(encoder_weights=str(path)))
+    stem = model.encoder.state_dict()["conv1.weight"]
+    torch.testing.assert_close(stem, rgb["conv1.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(
+        model.encoder.state_dict()["layer4.2.bn2.weight"], rgb["layer4.2.bn2.weight"]
+    )
+    with pytest.raises(KidneysegError, match="not found"):
+        build_model(ModelConfig(encoder_weights=str(tmp_path / "missing.pth")))
+    (tmp_path / "junk.pth").write_bytes(b"not a state dict")
+    with pytest.raises(KidneysegError, match="cannot read encoder weights"):
+        build_model(ModelConfig(encoder_weights=str(tmp_path / "junk.pth")))

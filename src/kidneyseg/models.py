@@ -79,6 +79,7 @@ class PlainUNet(nn.Module):
 def _load_local_encoder(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise KidneysegError("encoder weights file not found", path=path)
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -96,7 +97,9 @@ def _load_local_encoder(model: nn.Module, path: Path) -> None:
     if stem is not None and own is not None and stem.shape[1] != own.shape[1]:
         state = {**state, "conv1.weight": stem.sum(1, keepdim=True).repeat(1, own.shape[1], 1, 1)}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    # smp's encoder overrides load_state_dict (and returns nothing); call the base method so the
+    # missing/unexpected keys can be checked.
+    missing, unexpected = nn.Module.load_state_dict(encoder, state, strict=False)
     if unexpected or len(missing) == len(encoder.state_dict()):
         raise KidneysegError(
             f"encoder weights do not fit a ResNet34 (unexpected keys: {list(unexpected)[:3]})",

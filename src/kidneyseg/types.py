@@ -165,11 +165,11 @@ def to_canonical(array: Array, direction: npt.NDArray[np.float64]) -> Array:
     """Permute/flip an ``(i, j, k)`` array into canonical ``(z, y, x)`` (LPS, axial first)."""
     perm, flips = _canonical_perm(direction)
     out = np.transpose(array, perm)
-    return np.flip(out, axis=flips) if flips else out
+    return np.flip(out, axis=tuple(flips)) if flips else out
 
 
 def from_canonical(canonical: Array, direction: npt.NDArray[np.float64]) -> Array:
     """Inverse of `to_canonical`: back to the file's ``(i, j, k)`` index order."""
     perm, flips = _canonical_perm(direction)
-    out = np.flip(canonical, axis=flips) if flips else canonical
+    out = np.flip(canonical, axis=tuple(flips)) if flips else canonical
     return np.transpose(out, np.argsort(perm))
