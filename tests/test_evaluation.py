@@ -302,7 +302,8 @@ def test_evaluate_writes_consistent_files(kits_case, tmp_path: Path) -> None:
 
     on_disk = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert on_disk == summary
-    assert on_disk["pred_dir"] == str(preds.resolve()) and on_disk["gt_dir"] == str(KITS23)
+    assert on_disk["pred_dir"] == str(preds.resolve())
+    assert Path(on_disk["gt_dir"]) == KITS23.resolve()  # absolute, links resolved
     assert on_disk["n_cases"] == 2 and on_disk["kidneyseg_version"]
     assert set(on_disk["metrics"]) == set(METRIC_COLUMNS)
     tumor = [expected[c]["dice_tumor"] for c in sorted(expected)]
