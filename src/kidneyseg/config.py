@@ -156,6 +156,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "image_size": 128,
             "num_workers": 0,
             "samples_per_epoch": 512,
+            "foreground_fraction": 0.8,
         },
         "model": {"encoder_weights": "none"},
         "train": {
