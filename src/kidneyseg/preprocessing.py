@@ -44,7 +44,7 @@ import numpy.typing as npt
 from kidneyseg.config import Config, config_to_dict
 from kidneyseg.data.kits import KitsCase, find_cases
 from kidneyseg.errors import KidneysegError
-from kidneyseg.normalization import HIST_BINS, HIST_MIN, phase_normalization
+from kidneyseg.normalization import HIST_BINS, hu_histogram, phase_normalization
 from kidneyseg.types import CYST, KIDNEY, TUMOR, Volume
 from kidneyseg.utils import (
     atomic_dir,
@@ -287,17 +287,6 @@ def to_c_order(
     return out
 
 
-def int_hu_histogram(hu: npt.NDArray[np.int16]) -> npt.NDArray[np.int64]:
-    """`kidneyseg.normalization.hu_histogram` of an int16 array, about 5x faster.
-
-    Integer HU need no rounding, so clipping in int16 and one ``bincount`` give the same counts
-    (checked in the tests).
-    """
-    idx = np.clip(hu.ravel(), HIST_MIN, HIST_MIN + HIST_BINS - 1)
-    idx -= HIST_MIN
-    return np.bincount(idx, minlength=HIST_BINS).astype(np.int64, copy=False)
-
-
 def _convert(
     image: npt.NDArray[Any], labels: npt.NDArray[np.uint8], lo: float, hi: float
 ) -> tuple[npt.NDArray[np.int16], dict[str, npt.NDArray[np.int64]]]:
@@ -318,10 +307,10 @@ def _convert(
     # Slabs: the histogram temporaries stay small and in cache.
     for z0 in range(0, hu.shape[0], _BLOCK):
         slab = hu[z0 : z0 + _BLOCK]
-        hist_all += int_hu_histogram(slab)
+        hist_all += hu_histogram(slab)
         region = labels[z0 : z0 + _BLOCK] > 0
         if region.any():
-            hist_region += int_hu_histogram(slab[region])
+            hist_region += hu_histogram(slab[region])
     return hu, {"all": hist_all, "kidney_region": hist_region}
 
 
