@@ -1,7 +1,7 @@
 """Training throughput: the real data pipeline + training step vs the bare model.
 
-Generates a phantom-like preprocessed folder in a temporary directory (int16 HU slices with
-kidney/tumor discs, the documented PREP_DIR layout), then measures on one device, in one run:
+Generates phantom cases and preprocesses them (`kidneyseg.data.phantoms`, `preprocess`) in a
+temporary directory, then measures on one device, in one run:
 
 1. ``loader``: the real DataLoader alone (memory-mapped reads, normalisation, resizing);
 2. ``pipeline``: the real training step fed by that DataLoader: host->device copy, batched
@@ -20,59 +20,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kidneyseg.config import resolve_config
-from kidneyseg.normalization import hu_histogram
+from kidneyseg.data.phantoms import write_cohort
+from kidneyseg.preprocessing import preprocess
 from kidneyseg.training import SegmentationTask, make_loaders, prepare_training
 
 
-def write_synthetic_prep(root: Path, cases: int, depth: int, size: int, seed: int = 0) -> Path:
-    """A PREP_DIR of ``cases`` volumes ``(depth, size, size)``: body, two kidneys, a tumor."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    ids = [f"case_{i:05d}" for i in range(cases)]
-    hist_all, hist_region = np.zeros(4096, np.int64), np.zeros(4096, np.int64)
-    for n, case_id in enumerate(ids):
-        image = np.full((depth, size, size), -1000, np.int16)
-        label = np.zeros((depth, size, size), np.uint8)
-        image[:, (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.2] = 40
-        for z in range(depth // 4, 3 * depth // 4):
-            for cx in (0.3, 0.7):
-                kidney = (yy - 0.55) ** 2 + (xx - cx) ** 2 < 0.008
-                image[z][kidney], label[z][kidney] = 180, 1
-            tumor = (yy - 0.55) ** 2 + (xx - 0.3) ** 2 < 0.002 * (1 + z % 3)
-            image[z][tumor], label[z][tumor] = 70, 2
-        image += rng.normal(0, 15, image.shape).astype(np.int16)
-        d = root / "cases" / case_id
-        d.mkdir(parents=True)
-        np.save(d / "image.npy", image)
-        np.save(d / "label.npy", label)
-        counts = np.stack([(label == v).reshape(depth, -1).sum(1) for v in (1, 2, 3)], 1)
-        np.save(d / "slices.npy", counts.astype(np.int64))
-        if n < cases - 1:
-            hist_all += hu_histogram(image)
-            hist_region += hu_histogram(image, label > 0)
-    np.savez(root / "hu_histogram.npz", all=hist_all, kidney_region=hist_region)
-    split = {
-        "seed": 0,
-        "fractions": [0.9, 0.1, 0.0],
-        "train": ids[:-1],
-        "val": ids[-1:],
-        "test": [],
-    }
-    (root / "split.json").write_text(json.dumps(split))
-    (root / "meta.json").write_text(
-        json.dumps({"format": "kidneyseg-prep", "format_version": 1, "config": {}, "cases": {}})
-    )
-    return root
+def write_phantom_prep(root: Path, cases: int, depth: int, size: int, seed: int = 0) -> Path:
+    """A PREP_DIR made the real way: phantom cases ``(depth, size, size)``, then `preprocess`."""
+    write_cohort(root / "data", cases=cases, seed=seed, shape=(depth, size, size), progress=False)
+    preprocess(root / "data", root / "prep", resolve_config(), workers=1, progress=False)
+    return root / "prep"
 
 
 def _sync(device: torch.device) -> None:
@@ -133,7 +98,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         source = args.source_size or args.image_size
-        prep = write_synthetic_prep(Path(tmp) / "prep", cases=6, depth=48, size=source)
+        prep = write_phantom_prep(Path(tmp), cases=6, depth=48, size=source)
         setup = prepare_training(prep, args.phase, cfg)
         loader, _ = make_loaders(setup)
         task = SegmentationTask(cfg, args.phase, channels_last=args.channels_last).to(device)
