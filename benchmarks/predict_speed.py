@@ -22,11 +22,12 @@ import torch
 from kidneyseg.config import resolve_config
 from kidneyseg.inference import Predictor
 from kidneyseg.models import build_model, save_checkpoint
+from kidneyseg.normalization import NormalizationRecord
 from kidneyseg.types import Volume
 
 NORMS = {
-    "kidney": {"phase": "kidney", "window": [0.0, 200.0], "mean": 60.0, "std": 70.0},
-    "tumor": {"phase": "tumor", "window": None, "mean": 120.0, "std": 60.0},
+    "kidney": NormalizationRecord("kidney", (0.0, 200.0), 60.0, 70.0),
+    "tumor": NormalizationRecord("tumor", None, 120.0, 60.0),
 }
 
 

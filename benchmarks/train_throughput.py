@@ -5,7 +5,7 @@ temporary directory, then measures on one device, in one run:
 
 1. ``loader``: the real DataLoader alone (memory-mapped reads, normalisation, resizing);
 2. ``pipeline``: the real training step fed by that DataLoader: host->device copy, batched
-   augmentation (`kidneyseg.dataset.GpuAugment`), forward, BCE loss, backward, Adam step;
+   augmentation (`kidneyseg.augmentation.BatchAugment`), forward, BCE loss, backward, Adam step;
 3. ``model``: the same step on random tensors already on the device (the upper bound).
 
 ``pipeline / model`` close to 1 means data loading is not the bottleneck.
@@ -30,7 +30,8 @@ import torch
 from kidneyseg.config import resolve_config
 from kidneyseg.data.phantoms import write_cohort
 from kidneyseg.preprocessing import preprocess
-from kidneyseg.training import SegmentationTask, make_loaders, prepare_training
+from kidneyseg.loaders import make_loaders, prepare_training
+from kidneyseg.training import SegmentationTask
 
 
 def write_phantom_prep(root: Path, cases: int, depth: int, size: int, seed: int = 0) -> Path:

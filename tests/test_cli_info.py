@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import kidneyseg.cli as cli
 from kidneyseg.cli import main
 from kidneyseg.io import write_volume
 from kidneyseg.types import Volume
@@ -142,6 +143,18 @@ def test_real_data_geometry(capsys, path: Path) -> None:
         assert info["is_label_map"] and info["dtype"] == "uint8"
         assert [info["labels"][k]["voxels"] for k in "123"] == list(counts)
         return
+    if path.parent.parent.name == "kits19_slices":
+        # One axial slice per case (README): axial axis first, 512 rows, KiTS19 labels 0-2.
+        assert info["shape"][:2] == [1, 512] and info["axial_axis"] == 0
+        assert info["axcodes"] == ["I", "P", "L"]
+        assert info["spacing_mm"][1] == pytest.approx(info["spacing_mm"][2])
+        if path.name == "segmentation.nii.gz":
+            assert info["is_label_map"] and info["dtype"] == "uint8"
+            assert info["labels"]["3"]["voxels"] == 0
+        else:
+            assert not info["is_label_map"] and info["dtype"] == "float32"
+            assert 0 <= info["hu_min"] < info["hu_max"] <= 255  # HU clipped to [0, 255]
+        return
     key = path.name if path.name in OTHERS else path.parent.name
     if key == "ct-3slice" and path.is_file():
         key = "ct-3slice/*.dcm"
@@ -155,7 +168,9 @@ def test_real_data_geometry(capsys, path: Path) -> None:
 
 def test_real_data_found(shared_data: Path) -> None:
     found = real_inputs()
-    assert sum(p.name == "segmentation.nii.gz" for p in found) == len(KITS)
+    kits23 = [p for p in found if p.name == "segmentation.nii.gz" and p.parent.name in KITS]
+    assert len(kits23) == len(KITS)
+    assert sum(p.parent.parent.name == "kits19_slices" for p in found) == 2 * 55  # README
     assert shared_data / "totalseg_example" / "example_ct_dicom" in found
     assert shared_data / "dcmqi_ct3slice" / "ct-3slice" in found
 
@@ -166,6 +181,13 @@ def test_real_hu_ranges(capsys, shared_data: Path) -> None:
     ge = run_json(capsys, shared_data / "dcmqi_ct3slice" / "ct-3slice")
     assert ge["hu_min"] == -3024
     assert ge["dicom"]["modality"] == "CT"
+
+
+def test_broken_subcommand_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A subcommand module that does not import is a bug to see, not a command to hide.
+    monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "no_such_command"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        cli.build_parser()
 
 
 # ---- bad input ------------------------------------------------------------------------------

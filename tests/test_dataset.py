@@ -13,17 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from kidneyseg.augmentation import BatchAugment
 from kidneyseg.config import DataConfig
-from kidneyseg.dataset import (
-    ForegroundSampler,
-    GpuAugment,
-    SliceDataset,
-    open_prep_dir,
-    phase_norm_record,
-    predict_kidney_regions,
-)
+from kidneyseg.dataset import ForegroundSampler, SliceDataset, phase_norm_record
 from kidneyseg.errors import KidneysegError
-from kidneyseg.normalization import hu_histogram
+from kidneyseg.formats.prep_dir import open_prep_dir
+from kidneyseg.regions import predict_kidney_regions
+from kidneyseg.normalization import NormalizationRecord, hu_histogram
 
 KIDNEY_HU, TUMOR_HU, CYST_HU, BODY_HU = 180, 70, 10, 40
 
@@ -119,7 +115,7 @@ def prep(tmp_path: Path):
 
 def test_kidney_dataset_shapes_targets_and_window(prep) -> None:
     cfg = DataConfig(image_size=32)
-    ds = SliceDataset(prep, prep.split["train"], "kidney", cfg)
+    ds = SliceDataset(prep, prep.split.train, "kidney", cfg)
     assert len(ds) == 2 * 12  # every slice of both training cases
     assert ds.foreground.sum() == 2 * 6  # kidney in the 6 middle slices
     z = int(np.flatnonzero(ds.foreground)[0])
@@ -129,13 +125,13 @@ def test_kidney_dataset_shapes_targets_and_window(prep) -> None:
     assert set(target.unique().tolist()) == {0.0, 1.0}
     # Clipped to the window: at most (200 - mean) / std after z-scoring.
     norm = ds.normalization
-    assert norm["window"] == [0.0, 200.0]
-    assert image.max() <= (200 - norm["mean"]) / norm["std"] + 1e-4
-    assert image.min() >= (0 - norm["mean"]) / norm["std"] - 1e-4
+    assert norm.window == (0.0, 200.0)
+    assert image.max() <= (200 - norm.mean) / norm.std + 1e-4
+    assert image.min() >= (0 - norm.mean) / norm.std - 1e-4
     # The Table-1 window changes the statistics, computed from the histogram alone.
-    narrow = SliceDataset(prep, prep.split["train"], "kidney", DataConfig(kidney_window=(20, 45)))
-    assert narrow.normalization["window"] == [20.0, 45.0]
-    assert narrow.normalization["mean"] != norm["mean"]
+    narrow = SliceDataset(prep, prep.split.train, "kidney", DataConfig(kidney_window=(20, 45)))
+    assert narrow.normalization.window == (20.0, 45.0)
+    assert narrow.normalization.mean != norm.mean
     # Native-size slices come back at native size.
     native = SliceDataset(prep, ["case_00000"], "kidney", DataConfig(image_size=64))
     assert native[0][0].shape == (1, 64, 64)
@@ -152,11 +148,11 @@ def test_tumor_dataset_masks_region_and_targets_tumor(prep) -> None:
     image, target = ds[i]
     np.testing.assert_array_equal(target[0].numpy(), (label[z] == 2).astype(np.float32))
     outside = label[z] == 0
-    background = (0 - ds.normalization["mean"]) / ds.normalization["std"]
+    background = (0 - ds.normalization.mean) / ds.normalization.std
     # Outside the kidney region the CT is zeroed (0 HU) before z-scoring: one constant value.
     np.testing.assert_allclose(image[0].numpy()[outside], background, rtol=1e-5)
     assert image[0].numpy()[~outside].std() > 0
-    assert ds.normalization["window"] is None
+    assert ds.normalization.window is None
 
 
 def test_tumor_without_kidney_and_bad_prep_dirs(tmp_path: Path) -> None:
@@ -166,10 +162,10 @@ def test_tumor_without_kidney_and_bad_prep_dirs(tmp_path: Path) -> None:
         len(
             SliceDataset(
                 empty,
-                empty.split["train"],
+                empty.split.train,
                 "tumor",
                 cfg,
-                normalization={"phase": "tumor", "window": None, "mean": 0, "std": 1},
+                normalization=NormalizationRecord("tumor", None, 0.0, 1.0),
             )
         )
         == 0
@@ -209,13 +205,13 @@ def test_augment_keeps_alignment_and_is_seeded() -> None:
     target = torch.zeros(4, 1, 32, 32)
     target[:, :, 8:20, 4:14] = 1
     image = target.clone()
-    flip = GpuAugment(
+    flip = BatchAugment(
         DataConfig(rotation_degrees=0, flip_probability=1.0, crop_scale=(1, 1), noise_std=0)
     )
     fi, ft = flip(image, target)
     torch.testing.assert_close(fi, image.flip(-1))
     torch.testing.assert_close(ft, target.flip(-1))
-    aug = GpuAugment(DataConfig(noise_std=0.0, rotation_degrees=30, crop_scale=(0.6, 1.0)))
+    aug = BatchAugment(DataConfig(noise_std=0.0, rotation_degrees=30, crop_scale=(0.6, 1.0)))
     g = torch.Generator().manual_seed(0)
     ai, at = aug(image, target, g)
     assert not torch.equal(ai, image)
@@ -225,7 +221,7 @@ def test_augment_keeps_alignment_and_is_seeded() -> None:
     assert torch.equal(again[0], ai)
     other = aug(image, target, torch.Generator().manual_seed(1))
     assert not torch.equal(other[0], ai)
-    noisy = GpuAugment(
+    noisy = BatchAugment(
         DataConfig(rotation_degrees=0, flip_probability=0, crop_scale=(1, 1), noise_std=0.5)
     )
     ni, nt = noisy(image, target, torch.Generator().manual_seed(0))
@@ -247,7 +243,7 @@ def test_predicted_regions_cache(prep, tmp_path: Path) -> None:
     norm = phase_norm_record(prep, "kidney", cfg.data)
     save_checkpoint(ckpt, model, cfg, "kidney", norm)
     out = tmp_path / "regions"
-    cases = prep.split["train"]
+    cases = prep.split.train
     predict_kidney_regions(prep, cases, ckpt, out, threshold=0.5)
     region = np.load(out / "case_00001.npy")
     assert region.shape == np.load(prep.case_dir("case_00001") / "image.npy").shape

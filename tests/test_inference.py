@@ -17,20 +17,17 @@ import torch
 
 from kidneyseg.config import resolve_config
 from kidneyseg.errors import KidneysegError
-from kidneyseg.inference import (
-    Predictor,
-    check_hounsfield,
-    find_inputs,
-    label_statistics,
-    parse_shard,
-    plan_prediction,
-)
+from kidneyseg.formats.pred_dir import label_statistics
+from kidneyseg.inference import Predictor
+from kidneyseg.inputs import find_inputs, parse_shard, plan_prediction
+from kidneyseg.io import check_hounsfield
 from kidneyseg.io import read_image, read_labels, write_volume
 from kidneyseg.models import build_model, save_checkpoint
+from kidneyseg.normalization import NormalizationRecord
 from kidneyseg.types import Volume, from_canonical
 
-KIDNEY_NORM = {"phase": "kidney", "window": [0.0, 200.0], "mean": 100.0, "std": 50.0}
-TUMOR_NORM = {"phase": "tumor", "window": None, "mean": 250.0, "std": 100.0}
+KIDNEY_NORM = NormalizationRecord("kidney", (0.0, 200.0), 100.0, 50.0)
+TUMOR_NORM = NormalizationRecord("tumor", None, 250.0, 100.0)
 TINY = [
     "model.architecture=unet_plain",
     "model.base_channels=4",
@@ -316,7 +313,7 @@ def test_not_ct_error_names_the_file(predictor: Predictor, tmp_path: Path) -> No
         Volume(np.random.rand(4, 32, 32).astype(np.float32), (1, 1, 1)), tmp_path / "unit.nii.gz"
     )
     out = tmp_path / "out.nii.gz"
-    with pytest.raises(KidneysegError, match="unit.nii.gz: values lie in") as info:
+    with pytest.raises(KidneysegError, match="unit.nii.gz: not CT in HU: values lie in") as info:
         predictor.predict_file(src, out)
     assert str(src) in str(info.value)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["unit.nii.gz"]

@@ -11,18 +11,18 @@ import pytest
 import SimpleITK as sitk
 
 from kidneyseg.errors import KidneysegError
+from kidneyseg.filetypes import case_id_from_path, is_image_file
 from kidneyseg.io import (
-    case_id_from_path,
+    check_hounsfield,
     check_same_geometry,
-    is_image_file,
     looks_like_labels,
     read_image,
     read_labels,
     read_volume,
-    to_sitk,
     volume_info,
     write_volume,
 )
+from kidneyseg.sitk import to_sitk
 from kidneyseg.types import Volume
 
 FORMATS = ("nii.gz", "nii", "nrrd", "mha")
@@ -282,6 +282,47 @@ def test_nan_inf_in_image(tmp_path: Path, phantom_volume, bad: float) -> None:
         read_image(write_volume(phantom_volume.image.with_array(arr), tmp_path / "bad.nrrd"))
 
 
+@pytest.mark.parametrize("suffix", ["nii", "nii.gz"])
+def test_nonfinite_kept_in_every_float_nifti_layout(tmp_path: Path, suffix: str) -> None:
+    # ITK reads NaN/inf as 0; each layout takes another path back to the file's values:
+    # plain and big-endian through nibabel's voxels, scaled and 4D (t=1) through the repair.
+    import nibabel
+
+    arr = np.linspace(-1000, 1000, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    arr[1, 2, 3], arr[0, 0, 0], arr[3, 4, 5] = np.nan, np.inf, -np.inf
+    affine = np.diag([-0.8, -0.7, 2.5, 1.0])  # RAS: x to the left, y to the back -> LPS axes
+    scaled = nibabel.Nifti1Image(arr, affine)
+    scaled.header.set_slope_inter(2.0, 10.0)  # stored as written, read as 2 * value + 10
+    layouts = {
+        "plain": (nibabel.Nifti1Image(arr, affine), arr),
+        "big_endian": (nibabel.Nifti1Image(arr.astype(">f4"), affine), arr),
+        "scaled": (scaled, arr * 2 + 10),
+        "four_d": (nibabel.Nifti1Image(arr[..., None], affine), arr),
+    }
+    finite = np.isfinite(arr)
+    for name, (image, expected) in layouts.items():
+        path = tmp_path / f"{name}.{suffix}"
+        nibabel.save(image, path)
+        vol = read_volume(path)
+        assert vol.shape == (4, 5, 6) and vol.array.dtype.isnative, name
+        assert vol.axcodes == ("L", "P", "S") and vol.spacing == pytest.approx((0.8, 0.7, 2.5))
+        assert np.isnan(vol.array[1, 2, 3]), name
+        assert vol.array[0, 0, 0] == np.inf and vol.array[3, 4, 5] == -np.inf, name
+        np.testing.assert_allclose(vol.array[finite], expected[finite], rtol=1e-6, err_msg=name)
+        with pytest.raises(KidneysegError, match="3 NaN or infinite"):
+            read_image(path)
+
+
+def test_nifti_cut_inside_its_header_is_truncated(tmp_path: Path, phantom_volume) -> None:
+    # A gzip stream cut within the first few hundred bytes still says "cut", not ITK's zeros.
+    data = write_volume(phantom_volume.image, tmp_path / "full.nii.gz").read_bytes()
+    cut = tmp_path / "head.nii.gz"
+    cut.write_bytes(data[:400])
+    with pytest.raises(KidneysegError, match="truncated") as err:
+        read_volume(cut)
+    assert "head.nii.gz" in str(err.value)
+
+
 def test_labels_outside_range(tmp_path: Path, phantom_volume) -> None:
     arr = phantom_volume.labels.array.copy()
     arr[0, 0, 0] = 7
@@ -338,3 +379,19 @@ def test_names_and_label_rule() -> None:
     assert not looks_like_labels(np.array([0.0, 0.5]))
     assert not looks_like_labels(np.array([0, 4], np.uint8))
     assert not looks_like_labels(np.array([-1000, 40], np.int16))
+
+
+def test_check_hounsfield_is_the_one_ct_rule() -> None:
+    check_hounsfield(np.array([-1024, -100, 40, 1200], np.int16))
+    check_hounsfield(np.array([-3024.0, 0.0, 3071.0]))
+    check_hounsfield(np.array([0.0, 80.0, 255.0], np.float32))  # a CT clipped to [0, 255] HU
+    refused = [
+        (np.array([0.0, 0.5, 1.0]), r"values lie in \[0, 1\].*normalised image or a mask"),
+        (np.array([0, 1, 2, 3], np.uint8), "label map"),
+        (np.array([-1.0, 3.0, 40.0]), "standardised or constant"),
+        (np.zeros(0, np.int16), "image is empty"),
+    ]
+    for values, match in refused:
+        with pytest.raises(KidneysegError, match=match) as err:
+            check_hounsfield(values, "ct.nii.gz")
+        assert str(err.value).startswith("ct.nii.gz: ") and "\n" not in str(err.value)

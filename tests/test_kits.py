@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kidneyseg.data.kits import find_cases, label_file
+from kidneyseg.data.kits import LABEL_FILES, find_cases, label_file
 from kidneyseg.errors import KidneysegError
 
 
@@ -31,6 +31,7 @@ def test_finds_cases_sorted_and_prefers_the_kits21_label(tmp_path: Path) -> None
     assert cases[0].label == both / "aggregated_MAJ_seg.nii.gz" == label_file(both)
     assert cases[1].label is not None and cases[1].label.name == "segmentation.nii.gz"
     assert cases[0].image == both / "imaging.nii.gz"
+    assert LABEL_FILES == ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")  # preference
 
 
 def test_repository_root_with_dataset_folder(tmp_path: Path) -> None:
@@ -40,8 +41,11 @@ def test_repository_root_with_dataset_folder(tmp_path: Path) -> None:
 
 def test_missing_label(tmp_path: Path) -> None:
     _case(tmp_path, "case_00000", "imaging.nii.gz")
-    with pytest.raises(KidneysegError, match="case_00000: case has imaging.nii.gz but no label"):
+    with pytest.raises(
+        KidneysegError, match="case_00000: case has imaging.nii.gz but no label"
+    ) as err:
         find_cases(tmp_path)
+    assert all(name in str(err.value) for name in LABEL_FILES)
     (case,) = find_cases(tmp_path, require_labels=False)
     assert case.label is None
 

@@ -11,8 +11,9 @@ import torch
 from kidneyseg.config import Config, ModelConfig
 from kidneyseg.errors import KidneysegError
 from kidneyseg.models import build_model, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from kidneyseg.normalization import NormalizationRecord
 
-NORM = {"phase": "kidney", "window": [0.0, 200.0], "mean": 80.0, "std": 50.0}
+NORM = NormalizationRecord("kidney", (0.0, 200.0), 80.0, 50.0)
 
 
 @pytest.mark.parametrize(
@@ -53,10 +54,10 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert not loaded.training
-    assert meta["phase"] == "kidney" and meta["normalization"] == NORM
-    assert (meta["epoch"], meta["val_loss"]) == (7, 0.25)
-    assert meta["config_obj"] == cfg
-    assert read_checkpoint_meta(path)["labels"]["2"] == "tumor"
+    assert meta.phase == "kidney" and meta.normalization == NORM
+    assert (meta.extra["epoch"], meta.extra["val_loss"]) == (7, 0.25)
+    assert meta.config == cfg
+    assert read_checkpoint_meta(path).labels["2"] == "tumor"
 
 
 def test_checkpoint_refusals(tmp_path: Path) -> None:

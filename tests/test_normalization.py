@@ -36,15 +36,15 @@ def test_phase_records_and_normalize() -> None:
     hist = {"all": hu_histogram(hu), "kidney_region": hu_histogram(hu, region)}
     kidney = phase_normalization(hist, "kidney", (0, 200))
     # Clipped to [0, 200]: values 0, 0, 100, 200 -> mean 75.
-    assert kidney["mean"] == pytest.approx(75.0)
+    assert kidney.mean == pytest.approx(75.0)
     out = normalize(hu, kidney)
     assert out.dtype == np.float32
     assert out[0, 0] == out[0, 1]  # -1000 and 0 HU both clip to the window's floor
     tumor = phase_normalization(hist, "tumor", None)
-    assert tumor["mean"] == pytest.approx(50.0)  # inside the region only: 0 and 100
+    assert tumor.mean == pytest.approx(50.0)  # inside the region only: 0 and 100
     masked = normalize(hu, tumor, region)
     # Outside the region the CT becomes 0 HU before z-scoring.
-    assert masked[0, 0] == masked[0, 3] == pytest.approx((0 - 50.0) / tumor["std"])
+    assert masked[0, 0] == masked[0, 3] == pytest.approx((0 - 50.0) / tumor.std)
     with pytest.raises(ValueError, match="kidney-region mask"):
         normalize(hu, tumor)
 

@@ -12,17 +12,10 @@ import pytest
 
 from kidneyseg.cli import main
 from kidneyseg.errors import KidneysegError
+from kidneyseg.figures import choose_slices, draw_overlay, plot_loss_curves
 from kidneyseg.io import write_volume
-from kidneyseg.reporting import (
-    PAPER_CASE_DICE,
-    choose_cases,
-    choose_slices,
-    draw_overlay,
-    load_case_volumes,
-    make_report,
-    metric_stats,
-    summary_rows,
-)
+from kidneyseg.report_tables import PAPER_CASE_DICE, choose_cases, metric_stats, summary_rows
+from kidneyseg.reporting import load_case_volumes, make_report
 from kidneyseg.types import Volume, from_canonical
 
 # File index axes: 0 -> superior, 1 -> patient right (-x), 2 -> anterior (-y): not the canonical
@@ -183,12 +176,38 @@ def test_choose_cases_best_median_worst() -> None:
     assert len(choose_cases(per_case, 2)) == 2 and choose_cases(per_case, 0) == []
 
 
+@pytest.mark.parametrize(
+    ("loss_name", "label"), [("bce", "BCE loss"), ("bce_dice", "BCE + Dice loss")]
+)
+def test_plot_loss_curves_rows_or_columns_name_the_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss_name: str, label: str
+) -> None:
+    import matplotlib.image as mpimg
+    from matplotlib.axes import Axes
+
+    labels: list[str] = []
+    original = Axes.set_ylabel
+    monkeypatch.setattr(
+        Axes, "set_ylabel", lambda ax, text, *a, **k: labels.append(text) or original(ax, text)
+    )
+    # Rows as training keeps them (CSV strings, a blank validation loss) and columns as the
+    # report reads metrics.csv: both draw.
+    rows = [{"epoch": "1", "train_loss": "0.5", "val_loss": ""}, {"epoch": 2, "train_loss": 0.4}]
+    assert plot_loss_curves(rows, tmp_path / "rows.png", "t", loss_name) == tmp_path / "rows.png"
+    cols = {"epoch": [1.0, 2.0], "train_loss": [0.5, 0.4], "val_loss": [0.6, math.nan]}
+    plot_loss_curves(cols, tmp_path / "cols.png", "t", loss_name)
+    assert labels == [label, label]
+    assert mpimg.imread(tmp_path / "cols.png").shape[:2] == (400, 640)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_metric_stats_accepts_both_summary_layouts_and_falls_back_to_csv() -> None:
     entry = {"mean": 0.8, "median": 0.81, "std": 0.1, "n": 4}
     assert metric_stats({"metrics": {"dice_tumor": entry}}, {}, "dice_tumor")["mean"] == 0.8
     assert metric_stats({"dice_tumor": entry}, {}, "dice_tumor")["median"] == 0.81
     stats = metric_stats({}, {"dice_tumor": [0.2, 0.6, math.nan]}, "dice_tumor")
-    assert stats == pytest.approx({"mean": 0.4, "median": 0.4, "std": 0.2, "n": 2})
+    # Sample standard deviation (ddof=1): sqrt(((0.2 - 0.4)^2 + (0.6 - 0.4)^2) / (2 - 1)).
+    assert stats == pytest.approx({"mean": 0.4, "median": 0.4, "std": math.sqrt(0.08), "n": 2})
     assert metric_stats({}, {}, "dice_tumor") is None
     rows = summary_rows({}, {"paper_case_dice_tumor": [0.5], "dice_tumor": [0.9]})
     assert rows[1].case_mean == 0.5  # the paper's per-case column wins over the KiTS class

@@ -18,7 +18,9 @@ import torch
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.errors import KidneysegError
 from kidneyseg.models import load_checkpoint, read_checkpoint_meta
-from kidneyseg.training import METRICS_COLUMNS, resolve_hardware, train_phase
+from kidneyseg.formats.run_dir import METRICS_COLUMNS
+from kidneyseg.hardware import resolve_hardware
+from kidneyseg.training import train_phase
 from test_dataset import write_prep_dir
 
 TINY = [
@@ -75,10 +77,10 @@ def test_run_folder_contents(kidney_run: Path, prep_dir: Path) -> None:
     assert all(float(r["slices_per_s"]) > 0 and float(r["val_loss"]) > 0 for r in table)
     best = read_checkpoint_meta(out / "best.safetensors")
     val = [float(r["val_loss"]) for r in table]
-    assert best["epoch"] == int(np.argmin(val)) + 1
-    assert best["val_loss"] == pytest.approx(min(val), rel=1e-4)
-    assert best["phase"] == "kidney" and best["normalization"]["window"] == [0.0, 200.0]
-    assert read_checkpoint_meta(out / "last.safetensors")["epoch"] == 2
+    assert best.extra["epoch"] == int(np.argmin(val)) + 1
+    assert best.extra["val_loss"] == pytest.approx(min(val), rel=1e-4)
+    assert best.phase == "kidney" and best.normalization.window == (0.0, 200.0)
+    assert read_checkpoint_meta(out / "last.safetensors").extra["epoch"] == 2
     stored = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert stored["config"]["data"]["image_size"] == 32 and stored["kidneyseg_version"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,7 +110,7 @@ def test_resume_extends_a_finished_run(kidney_run: Path, prep_dir: Path, tmp_pat
     assert [int(r["epoch"]) for r in after] == [1, 2, 3]  # continued, not restarted
     assert after[:2] == before
     assert result.epochs == 3
-    assert read_checkpoint_meta(run / "kidney" / "last.safetensors")["epoch"] == 3
+    assert read_checkpoint_meta(run / "kidney" / "last.safetensors").extra["epoch"] == 3
 
 
 class _Crash(L.Callback):
@@ -134,7 +136,8 @@ def test_forced_stop_then_resume(prep_dir: Path, tmp_path: Path) -> None:
 
 def _constant_kidney_model(path: Path, prep_dir: Path, logit: float) -> Path:
     """A phase-1 checkpoint that predicts kidney everywhere (logit > 0) or nowhere."""
-    from kidneyseg.dataset import open_prep_dir, phase_norm_record
+    from kidneyseg.dataset import phase_norm_record
+    from kidneyseg.formats.prep_dir import open_prep_dir
     from kidneyseg.models import build_model, save_checkpoint
 
     cfg = tiny()
@@ -218,7 +221,7 @@ def test_resolve_hardware_on_cpu() -> None:
 
 
 def test_loaders_with_workers_and_whole_batches(prep_dir: Path) -> None:
-    from kidneyseg.training import make_loaders, prepare_training
+    from kidneyseg.loaders import make_loaders, prepare_training
 
     setup = prepare_training(
         prep_dir, "kidney", tiny("data.num_workers=1", "data.samples_per_epoch=10")
@@ -254,7 +257,7 @@ def test_ctrl_c_is_a_keyboard_interrupt_and_resumable(prep_dir: Path, tmp_path: 
 def test_bce_dice_loss_values_and_gradient() -> None:
     import math
 
-    from kidneyseg.training import BceDiceLoss
+    from kidneyseg.losses import BceDiceLoss
 
     target = torch.zeros(2, 1, 4, 4)
     target[:, :, :2] = 1.0

@@ -66,6 +66,13 @@ class DataConfig:
     num_workers: int = 2
     #: Slices per epoch (0 = one pass over all eligible training slices).
     samples_per_epoch: int = 0
+    #: Extra training cases (not in the paper): a KiTS-layout folder or a preprocessed folder,
+    #: e.g. real slices next to phantoms. They keep their own patient-level split: their
+    #: training cases join training, their validation cases validation, their test cases stay
+    #: out. "" = none. Normalised with the main cases' statistics.
+    extra_cases: str = ""
+    #: Fraction of each epoch's slices drawn from ``extra_cases`` (the rest from the main ones).
+    extra_weight: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -330,6 +337,10 @@ def validate(cfg: Config) -> Config:
     need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale must be 0 < lo <= hi <= 1")
     need(d.num_workers >= 0 and d.samples_per_epoch >= 0, "data.num_workers/samples >= 0")
     need(
+        0.0 < d.extra_weight < 1.0,
+        f"data.extra_weight must be in (0, 1) (got {d.extra_weight}); e.g. 0.25",
+    )
+    need(
         m.architecture in ("unet_resnet34", "unet_plain"),
         f"model.architecture must be unet_resnet34 or unet_plain (got {m.architecture!r})",
     )
@@ -343,8 +354,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
     need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
     need(
-        cfg.inference.precision in ("auto", "fp32", "bf16"),
-        f"inference.precision must be auto, fp32 or bf16 (got {cfg.inference.precision!r})",
+        cfg.inference.precision in ("auto", "fp32", "bf16", "fp16"),
+        f"inference.precision must be auto, fp32, bf16 or fp16 (got {cfg.inference.precision!r})",
     )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
     return cfg

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from kidneyseg.config import Config, resolve_config
+from kidneyseg.data.phantoms import write_cohort
 from kidneyseg.errors import KidneysegError
+from kidneyseg.evaluation import evaluate
+from kidneyseg.formats import run_dir as rd
+from kidneyseg.formats.prep_dir import SPLIT_FILE, read_split
+from kidneyseg.inference import Predictor
+from kidneyseg.preprocessing import preprocess
+from kidneyseg.reporting import make_report
+from kidneyseg.training import train_phase
+from kidneyseg.utils import check_writable_dir
 
 
 @dataclass
@@ -62,14 +70,6 @@ def run_demo(
         cfg: configuration (default: the ``fast`` preset).
         progress: show progress bars.
     """
-    from kidneyseg.data.phantoms import write_cohort
-    from kidneyseg.evaluation import evaluate
-    from kidneyseg.inference import Predictor
-    from kidneyseg.preprocessing import preprocess
-    from kidneyseg.reporting import make_report
-    from kidneyseg.training import train_phase
-    from kidneyseg.utils import check_writable_dir
-
     cfg = cfg or resolve_config("fast")
     out = check_writable_dir(out_dir)
     seconds: dict[str, float] = {}
@@ -87,12 +87,12 @@ def run_demo(
     stage("phantoms", write_cohort, data, cases=cases, seed=seed, workers=2)
     stage("preprocess", preprocess, data, prep, cfg, progress=progress)
     for phase in ("kidney", "tumor"):
-        if (run / phase / "best.safetensors").is_file() and (run / phase / "metrics.csv").is_file():
-            _say(f"train {phase}: found {run / phase / 'best.safetensors'}, reusing it")
+        if rd.phase_trained(run, phase):
+            _say(f"train {phase}: found {rd.best_checkpoint(run, phase)}, reusing it")
             continue
         stage(f"train {phase}", train_phase, prep, run, phase, cfg, progress=progress)
 
-    test_cases = json.loads((prep / "split.json").read_text(encoding="utf-8"))["test"]
+    test_cases = list(read_split(prep / SPLIT_FILE).test)
     predictor = Predictor(run, device="auto", progress=False)
     report = stage("predict", predictor.predict_paths, data, pred, cases=test_cases)
     if not report.ok:

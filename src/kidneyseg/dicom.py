@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from kidneyseg.errors import KidneysegError
-from kidneyseg.io import IMAGE_SUFFIXES, from_sitk, quiet_sitk, sitk_error_detail
+from kidneyseg.filetypes import IMAGE_SUFFIXES, case_id_from_path
+from kidneyseg.sitk import from_sitk, quiet_sitk, sitk_error_detail
 from kidneyseg.types import Volume
 
 _TAGS = {
@@ -320,8 +321,6 @@ def read_dicom_series(folder: str | Path, series: str | None = None) -> Volume:
 def _read_dicom_file(path: Path) -> Volume:
     """One DICOM file: a single slice (3D, one slice) or a multi-frame object."""
     import SimpleITK as sitk
-
-    from kidneyseg.io import case_id_from_path
 
     header = _read_header(path)
     if header is None:

@@ -1,15 +1,21 @@
 """Reading and writing images and label maps with their geometry.
 
-The only module that knows file formats and orientation. Readers return a `Volume` (array in the
-file's index order + spacing, origin, direction); writers put a `Volume` back in exactly that
-geometry. Supported: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
-(``.mha``, ``.mhd``) files, single DICOM files, and DICOM series folders (`kidneyseg.dicom`,
-JPEG 2000 included). Writing supports the single-file formats (``.nii.gz``, ``.nii``, ``.nrrd``,
-``.mha``).
+The public face of the IO layer, the only place that knows file formats and orientation. Readers
+return a `Volume` (array in the file's index order + spacing, origin, direction); writers put a
+`Volume` back in exactly that geometry. Also here: the value rules every stage shares
+(`looks_like_labels`, `check_hounsfield`, `validate_labels`).
+
+Supported: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+``.mhd``) files, single DICOM files, and DICOM series folders (`kidneyseg.dicom`, JPEG 2000
+included). Writing supports the single-file formats (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``).
 
 Nothing here assumes an axis order: KiTS stores the axial axis first (axcodes I,P,L),
 TotalSegmentator and DICOM store it last (R,A,S and L,P,S); `Volume.axial_axis` and
 `Volume.to_canonical` sort that out from the direction cosines.
+
+Below this module (each imports only the ones before it, plus `errors` and `types`):
+`kidneyseg.filetypes` (suffixes, case ids), `kidneyseg.sitk` (SimpleITK bridge),
+`kidneyseg.nifti` (nibabel checks ITK misses), `kidneyseg.dicom` (DICOM series).
 
 Example:
     >>> vol = read_volume("case_00000/imaging.nii.gz")  # doctest: +SKIP
@@ -19,257 +25,25 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import io
-import re
-import struct
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from kidneyseg.dicom import read_dicom_series
 from kidneyseg.errors import KidneysegError
+from kidneyseg.filetypes import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    NIFTI_SUFFIXES,
+    WRITE_SUFFIXES,
+    case_id_from_path,
+    is_image_file,
+)
+from kidneyseg.nifti import check_nifti, read_float_nifti, restore_nonfinite
+from kidneyseg.sitk import from_sitk, quiet_sitk, read_sitk, sitk_error_detail, to_sitk
 from kidneyseg.types import LABEL_NAMES, MAX_LABEL, Volume
-
-#: File endings read as single image files.
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: File endings `write_volume` writes: single-file formats only, so the write can be atomic
-#: (``.nhdr``/``.mhd`` put the voxels in a second file that a rename would not carry along).
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-#: File endings read as a single DICOM file.
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-
-
-def is_image_file(path: Path) -> bool:
-    """True when ``path``'s name ends with a supported image-file suffix.
-
-    Example:
-        >>> is_image_file(Path("case_1/imaging.nii.gz")), is_image_file(Path("notes.txt"))
-        (True, False)
-    """
-    return path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def case_id_from_path(path: str | Path) -> str:
-    """A case name from a path: the file name without its image suffix, or the folder name.
-
-    Example:
-        >>> case_id_from_path("preds/case_00007.nii.gz")
-        'case_00007'
-    """
-    p = Path(path)
-    name = p.name
-    for suffix in IMAGE_SUFFIXES + DICOM_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-@contextlib.contextmanager
-def quiet_sitk() -> Iterator[None]:
-    """Silence ITK/GDCM warnings (printed straight to stderr) inside the block.
-
-    Errors still raise; only the warning chatter (e.g. "non uniform sampling") is hidden, because
-    this package checks what matters itself and reports it as one clear message.
-
-    Example:
-        >>> with quiet_sitk():  # doctest: +SKIP
-        ...     image = sitk.ReadImage("ct.nii.gz")
-    """
-    import SimpleITK as sitk
-
-    previous = sitk.ProcessObject_GetGlobalWarningDisplay()
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject_SetGlobalWarningDisplay(previous)
-
-
-def sitk_error_detail(exc: BaseException) -> str:
-    """The informative line of a SimpleITK exception (without the C++ file/line noise)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = []
-    for line in lines:
-        if line.startswith("Exception thrown in SimpleITK") or re.match(r"^/\S+:\d+:?$", line):
-            continue
-        line = re.sub(r"^(sitk::ERROR|ITK ERROR):\s*", "", line)
-        line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
-        useful.append(line)
-    return (useful[0] if useful else "unknown error")[:200]
-
-
-def from_sitk(image: Any, case_id: str) -> Volume:
-    """A `Volume` from a 3D scalar SimpleITK image (array in the image's (i, j, k) order).
-
-    Raises:
-        ValueError: the image is not 3D or has several values per voxel.
-    """
-    import SimpleITK as sitk
-
-    assert isinstance(image, sitk.Image)
-    if image.GetDimension() != 3:
-        raise ValueError(
-            f"expected a 3D image, found a {image.GetDimension()}D one of size {image.GetSize()}"
-        )
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
-            f"expected one value per voxel, found {image.GetNumberOfComponentsPerPixel()} "
-            "(a 4D time series, vector or colour image); extract one 3D volume first"
-        )
-    # GetArrayFromImage is (k, j, i); transpose to the file's (i, j, k) index order.
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    return Volume(
-        array=array,
-        spacing=tuple(float(s) for s in image.GetSpacing()),  # type: ignore[arg-type]
-        origin=tuple(float(o) for o in image.GetOrigin()),  # type: ignore[arg-type]
-        direction=tuple(tuple(float(v) for v in row) for row in direction),
-        case_id=case_id,
-    )
-
-
-def to_sitk(volume: Volume) -> Any:
-    """A SimpleITK image with ``volume``'s voxels and exact geometry.
-
-    Types SimpleITK cannot hold are widened losslessly (bool -> uint8, float16 -> float32).
-
-    Example:
-        >>> vol = Volume(np.zeros((4, 5, 6), np.int16), (0.8, 0.8, 3.0))
-        >>> image = to_sitk(vol)  # doctest: +SKIP
-        >>> image.GetSize()  # doctest: +SKIP
-        (4, 5, 6)
-    """
-    import SimpleITK as sitk
-
-    array = volume.array
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    elif array.dtype == np.float16:
-        array = array.astype(np.float32)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    image.SetSpacing([float(s) for s in volume.spacing])
-    image.SetOrigin([float(o) for o in volume.origin])
-    image.SetDirection([float(v) for v in volume.direction_matrix.ravel()])
-    return image
-
-
-class _NiftiHeader(NamedTuple):
-    endian: str
-    dims: tuple[int, ...]  # sizes of the used axes, e.g. (i, j, k)
-    datatype: int
-    bitpix: int
-    vox_offset: int
-    slope: float
-    inter: float
-
-    @property
-    def data_end(self) -> int:
-        """Byte offset where the voxel data ends."""
-        count = int(np.prod([max(d, 1) for d in self.dims], dtype=np.int64))
-        return self.vox_offset + count * self.bitpix // 8
-
-
-#: NIfTI float datatype codes -> numpy type (the only types that can hold NaN/inf).
-_NIFTI_FLOATS = {16: "f4", 64: "f8"}
-
-
-def _parse_nifti_header(header: bytes) -> _NiftiHeader | None:
-    """The fields this module needs from a NIfTI-1/2 header (None: not a NIfTI header)."""
-    for endian in "<>":
-        if len(header) < 348:
-            return None
-        size = struct.unpack(endian + "i", header[:4])[0]
-        if size == 348:
-            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
-            dims = struct.unpack(endian + "8h", header[40:56])
-            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            slope, inter = struct.unpack(endian + "2f", header[112:120])
-            break
-        if size == 540 and len(header) >= 540:
-            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
-            dims = struct.unpack(endian + "8q", header[16:80])
-            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
-            slope, inter = struct.unpack(endian + "2d", header[176:192])
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0:
-        return None
-    used = tuple(int(d) for d in dims[1 : dims[0] + 1])
-    return _NiftiHeader(endian, used, datatype, bitpix, vox_offset, slope, inter)
-
-
-def _open_nifti(path: Path) -> io.BufferedIOBase:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
-
-
-def _check_nifti_complete(path: Path) -> _NiftiHeader | None:
-    """Raise when a NIfTI file holds fewer bytes than its header promises; return the header.
-
-    ITK's NIfTI reader silently zero-fills a truncated file (a cut download would otherwise
-    read as a valid CT with a black lower part), so the length is checked here.
-    """
-    gz = path.name.lower().endswith(".gz")
-    try:
-        with _open_nifti(path) as f:
-            header = _parse_nifti_header(f.read(540))
-    except gzip.BadGzipFile as exc:
-        raise KidneysegError("not an image: a .nii.gz file must be gzip data", path=path) from exc
-    except (OSError, EOFError, zlib.error) as exc:
-        raise KidneysegError(f"cannot read image (truncated or corrupt): {exc}", path=path) from exc
-    if header is None:
-        return None  # not a NIfTI header: ITK gives the error
-    end = header.data_end
-    if not gz:
-        actual = path.stat().st_size
-    else:
-        # Fast path: gzip's trailer stores the uncompressed size mod 2**32; a cut file's last
-        # four bytes are arbitrary, so a match means complete. Otherwise decompress and count.
-        with path.open("rb") as f:
-            f.seek(-4, 2)
-            if struct.unpack("<I", f.read(4))[0] == end % 2**32:
-                return header
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    actual += len(chunk)
-        except (OSError, EOFError, zlib.error):
-            actual = min(actual, end - 1)
-    if actual < end:
-        raise KidneysegError(
-            f"truncated file: holds {actual} of the {end} bytes its header promises "
-            "(an interrupted download or copy?)",
-            path=path,
-        )
-    return header
-
-
-def _restore_nonfinite(path: Path, header: _NiftiHeader, volume: Volume) -> Volume:
-    """Put back the NaN/inf voxels that ITK's NIfTI reader silently turns into 0.
-
-    ``Volume.array`` must say what the file holds, so that `read_image` can refuse it.
-    """
-    code = _NIFTI_FLOATS.get(header.datatype)
-    if code is None or len(header.dims) < 3 or tuple(header.dims[:3]) != volume.shape:
-        return volume
-    n = int(np.prod(volume.shape))
-    with _open_nifti(path) as f:
-        f.seek(header.vox_offset)
-        raw = np.frombuffer(f.read(n * np.dtype(code).itemsize), dtype=header.endian + code)
-    # NIfTI stores the first index fastest: Fortran order gives the (i, j, k) array.
-    raw = raw.reshape(volume.shape, order="F")
-    bad = ~np.isfinite(raw)
-    if not bad.any():
-        return volume
-    slope = header.slope if header.slope and np.isfinite(header.slope) else 1.0
-    array = volume.array.astype(np.promote_types(volume.array.dtype, np.float32))
-    array[bad] = raw[bad] * slope
-    return volume.with_array(array)
+from kidneyseg.utils import atomic_path
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -303,14 +77,10 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
         >>> vol.shape, vol.axcodes, vol.axial_axis  # doctest: +SKIP
         ((122, 101, 112), ('R', 'A', 'S'), 2)
     """
-    import SimpleITK as sitk
-
     p = Path(path)
     if not p.exists():
         raise KidneysegError("no such file or folder", path=p)
     if p.is_dir() or _is_dicom_file(p):
-        from kidneyseg.dicom import read_dicom_series
-
         return read_dicom_series(p, series=series)
     if not is_image_file(p):
         raise KidneysegError(
@@ -318,24 +88,21 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
             "or a DICOM series folder",
             path=p,
         )
-    nifti = _check_nifti_complete(p) if p.name.lower().endswith((".nii", ".nii.gz")) else None
+    # ITK's NIfTI reader zero-fills cut files and NaN/inf voxels: see `kidneyseg.nifti`.
+    nifti = check_nifti(p) if p.name.lower().endswith(NIFTI_SUFFIXES) else None
     try:
-        with quiet_sitk():
-            image = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        raise KidneysegError(
-            f"cannot read image (truncated, corrupt or not an image): {sitk_error_detail(exc)}",
-            path=p,
-        ) from exc
-    try:
+        volume = read_float_nifti(p, nifti, case_id_from_path(p)) if nifti is not None else None
+        if volume is not None:
+            return volume
+        image = read_sitk(p)
         # Squeeze a trailing singleton 4th axis (some tools write 3D as 4D with t=1).
         if image.GetDimension() == 4 and image.GetSize()[3] == 1:
             image = image[:, :, :, 0]
         volume = from_sitk(image, case_id_from_path(p))
-    except ValueError as exc:
+        if nifti is not None and np.issubdtype(volume.array.dtype, np.floating):
+            volume = restore_nonfinite(volume, p, nifti)
+    except ValueError as exc:  # not 3D, several values per voxel, bad spacing
         raise KidneysegError(str(exc), path=p) from exc
-    if nifti is not None and np.issubdtype(volume.array.dtype, np.floating):
-        volume = _restore_nonfinite(p, nifti, volume)
     return volume
 
 
@@ -435,8 +202,6 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
     """
     import SimpleITK as sitk
 
-    from kidneyseg.utils import atomic_path
-
     p = Path(path)
     if not p.name.lower().endswith(WRITE_SUFFIXES):
         raise KidneysegError(
@@ -452,7 +217,7 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
 
 
 def looks_like_labels(array: np.ndarray) -> bool:
-    """The rule `volume_info` uses to call an image a label map.
+    """The rule `volume_info` and `check_hounsfield` use to call an image a label map.
 
     A label map is an integer (or boolean) image whose values all lie in 0-3, or a float image
     whose values are all one of 0, 1, 2, 3 (binary masks are often stored as float). No CT
@@ -474,6 +239,49 @@ def looks_like_labels(array: np.ndarray) -> bool:
     if np.issubdtype(array.dtype, np.floating):
         return bool(np.isin(array, np.arange(MAX_LABEL + 1)).all())
     return False
+
+
+def check_hounsfield(array: np.ndarray, source: str | Path | None = None) -> None:
+    """Raise a clear error when an image's values are clearly not CT in Hounsfield units.
+
+    The one rule for "is this CT in HU?", used before preprocessing and before prediction.
+    CT holds air (about -1000 HU) to bone (hundreds to thousands of HU). Refused: values in
+    about [0, 1] (a normalised image or a mask), label maps (`looks_like_labels`), and any
+    image whose values span less than 100 HU (standardised or constant).
+
+    Args:
+        array: the image's voxels.
+        source: the file they came from, named in the error.
+
+    Raises:
+        KidneysegError: empty, or not CT in HU (says which case and what to give instead).
+
+    Example:
+        >>> check_hounsfield(np.array([-1000, 40, 300]))  # fine
+        >>> check_hounsfield(np.array([0.0, 0.5, 1.0]), "x.nii.gz")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        kidneyseg.errors.KidneysegError: x.nii.gz: not CT in HU: values lie in [0, 1] (a...
+    """
+    if array.size == 0:
+        raise KidneysegError("image is empty", path=source)
+    lo, hi = float(array.min()), float(array.max())
+    hint = "expected CT in Hounsfield units (air about -1000, soft tissue 0-100)"
+    if lo >= -0.5 and hi <= 1.5:
+        raise KidneysegError(
+            f"not CT in HU: values lie in [{lo:g}, {hi:g}] (a normalised image or a mask); {hint}",
+            path=source,
+        )
+    if looks_like_labels(array):
+        raise KidneysegError(
+            f"not CT in HU: looks like a label map (values 0-3); {hint}", path=source
+        )
+    if hi - lo < 100:
+        raise KidneysegError(
+            f"not CT in HU: values span only [{lo:g}, {hi:g}] (a standardised or constant "
+            f"image); {hint}",
+            path=source,
+        )
 
 
 def volume_info(

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from torch import nn
 
 from kidneyseg.config import Config, ModelConfig, config_from_dict, config_to_dict
 from kidneyseg.errors import KidneysegError
+from kidneyseg.normalization import NormalizationRecord
 from kidneyseg.types import LABEL_NAMES
+from kidneyseg.utils import atomic_path, package_version
 
 CHECKPOINT_FORMAT = "kidneyseg-checkpoint"
 #: Bump when the checkpoint layout changes incompatibly; loaders refuse other versions.
@@ -141,18 +144,37 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """The JSON header of a checkpoint, parsed and checked.
+
+    Attributes:
+        phase: ``"kidney"`` or ``"tumor"``.
+        config: the resolved config the model was trained with.
+        normalization: how the phase's input is normalised.
+        labels: label id (as a string) -> name.
+        kidneyseg_version: the package version that wrote it.
+        extra: anything else the writer added (``epoch``, ``val_loss``, ``train_loss``).
+    """
+
+    phase: str
+    config: Config
+    normalization: NormalizationRecord
+    labels: dict[str, str]
+    kidneyseg_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
     cfg: Config,
     phase: str,
-    normalization: dict[str, Any],
+    normalization: NormalizationRecord,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write ``model``'s weights and everything needed to rebuild it, atomically."""
     from safetensors.torch import save_file
-
-    from kidneyseg.utils import atomic_path, package_version
 
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -163,15 +185,22 @@ def save_checkpoint(
         "phase": phase,
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "config": config_to_dict(cfg),
-        "normalization": normalization,
+        "normalization": normalization.to_dict(),
         **(extra or {}),
     }
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"kidneyseg": json.dumps(meta)})
 
 
-def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, validated, without loading the weights."""
+_KNOWN_KEYS = {"format", "format_version", "kidneyseg_version", "phase", "labels", "config"}
+
+
+def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata of a checkpoint, validated, without loading the weights.
+
+    Raises:
+        KidneysegError: missing, corrupt, foreign or incompatible file (names it).
+    """
     from safetensors import safe_open
 
     p = Path(path)
@@ -184,7 +213,10 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise KidneysegError(f"corrupt or unreadable checkpoint ({exc})", path=p) from exc
     if raw is None:
         raise KidneysegError("not a kidneyseg checkpoint (no 'kidneyseg' metadata)", path=p)
-    meta: dict[str, Any] = json.loads(raw)
+    try:
+        meta: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
+        raise KidneysegError(f"corrupt checkpoint metadata ({exc})", path=p) from exc
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
         raise KidneysegError(
             f"checkpoint format {meta.get('format')} v{meta.get('format_version')} from kidneyseg "
@@ -192,27 +224,36 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
             f"v{CHECKPOINT_VERSION}); retrain or use the matching kidneyseg release",
             path=p,
         )
-    return meta
+    try:
+        norm = NormalizationRecord.from_dict(meta.get("normalization") or {})
+    except ValueError as exc:
+        raise KidneysegError(
+            f"checkpoint has no valid normalisation record ({exc})", path=p
+        ) from exc
+    cfg = config_from_dict(meta["config"])
+    extra = {k: v for k, v in meta.items() if k not in _KNOWN_KEYS and k != "normalization"}
+    return CheckpointMeta(
+        phase=str(meta.get("phase")),
+        config=cfg,
+        normalization=norm,
+        labels=dict(meta.get("labels") or {}),
+        kidneyseg_version=str(meta.get("kidneyseg_version")),
+        extra=extra,
+    )
 
 
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode).
-
-    Returns:
-        ``(model, meta)`` where ``meta`` has ``phase``, ``config``, ``normalization``, ...
-    """
+) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     from safetensors.torch import load_file
 
     meta = read_checkpoint_meta(path)
-    cfg: Config = config_from_dict(meta["config"])
-    model_cfg = ModelConfig(**{**config_to_dict(cfg)["model"], "encoder_weights": "none"})
+    model_cfg = ModelConfig(**{**config_to_dict(meta.config)["model"], "encoder_weights": "none"})
     model = build_model(model_cfg)
     try:
         state = load_file(str(path), device=str(device))
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise KidneysegError(f"corrupt checkpoint weights ({exc})", path=path) from exc
-    meta["config_obj"] = cfg
     return model.to(device).eval(), meta

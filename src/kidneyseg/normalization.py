@@ -17,10 +17,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 #: Histogram range: 1-HU bins from HIST_MIN to HIST_MIN + HIST_BINS - 1 (values are clipped).
 HIST_MIN = -1024
@@ -54,10 +57,60 @@ def stats_from_histogram(
     return mean, float(max(np.sqrt(var), 1e-6))
 
 
+@dataclass(frozen=True)
+class NormalizationRecord:
+    """How one phase's input is normalised: stored in its checkpoint and in ``meta.json``.
+
+    Attributes:
+        phase: ``"kidney"`` (statistics of all voxels) or ``"tumor"`` (inside the region).
+        window: HU clip window ``(lo, hi)``, or ``None`` for unclipped HU.
+        mean, std: z-score statistics of the (clipped) training-split HU.
+
+    Example:
+        >>> r = NormalizationRecord("kidney", (0.0, 200.0), 80.0, 60.0)
+        >>> NormalizationRecord.from_dict(r.to_dict()) == r
+        True
+    """
+
+    phase: str
+    window: tuple[float, float] | None
+    mean: float
+    std: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``{"phase", "window": [lo, hi] | null, "mean", "std"}``."""
+        window = None if self.window is None else [float(v) for v in self.window]
+        return {"phase": self.phase, "window": window, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NormalizationRecord:
+        """Parse the JSON form.
+
+        Raises:
+            ValueError: a missing key, an unknown phase, a bad window or a std <= 0.
+        """
+        try:
+            phase, window = str(data["phase"]), data["window"]
+            mean, std = float(data["mean"]), float(data["std"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad normalisation record {dict(data)!r}: {exc}") from exc
+        if phase not in ("kidney", "tumor"):
+            raise ValueError(f"bad normalisation record: unknown phase {phase!r}")
+        if window is not None:
+            if len(window) != 2 or float(window[0]) >= float(window[1]):
+                raise ValueError(f"bad normalisation record: window {window!r}")
+            window = (float(window[0]), float(window[1]))
+        if not std > 0 or not np.isfinite(mean):
+            raise ValueError(f"bad normalisation record: mean {mean}, std {std}")
+        return cls(phase, window, mean, std)
+
+
 def phase_normalization(
-    histograms: dict[str, npt.NDArray[np.int64]], phase: str, window: tuple[float, float] | None
-) -> dict[str, Any]:
-    """The normalisation record of one phase (stored in its checkpoint).
+    histograms: Mapping[str, npt.NDArray[np.int64]],
+    phase: str,
+    window: tuple[float, float] | None,
+) -> NormalizationRecord:
+    """The normalisation record of one phase from the training-split histograms.
 
     Args:
         histograms: ``{"all": counts, "kidney_region": counts}`` from preprocessing.
@@ -66,34 +119,30 @@ def phase_normalization(
     """
     key = "all" if phase == "kidney" else "kidney_region"
     mean, std = stats_from_histogram(histograms[key], window)
-    return {
-        "phase": phase,
-        "window": None if window is None else list(window),
-        "mean": mean,
-        "std": std,
-    }
+    clip = None if window is None else (float(window[0]), float(window[1]))
+    return NormalizationRecord(phase, clip, mean, std)
 
 
 def normalize(
-    hu: npt.NDArray[Any], norm: dict[str, Any], region: npt.NDArray[Any] | None = None
+    hu: npt.NDArray[Any], norm: NormalizationRecord, region: npt.NDArray[Any] | None = None
 ) -> npt.NDArray[np.float32]:
     """Apply a phase's normalisation record to HU values (any shape).
 
     Args:
         hu: HU values.
-        norm: record from `phase_normalization` (keys ``phase``, ``window``, ``mean``, ``std``).
+        norm: the phase's record (`phase_normalization`).
         region: for the tumor phase, the kidney-region mask (same shape); required there.
     """
     x = hu.astype(np.float32, copy=True)
-    if norm["phase"] == "tumor":
+    if norm.phase == "tumor":
         if region is None:
             raise ValueError("the tumor phase needs the kidney-region mask")
         x *= region.astype(bool)
-    if norm.get("window") is not None:
-        lo, hi = norm["window"]
+    if norm.window is not None:
+        lo, hi = norm.window
         np.clip(x, lo, hi, out=x)
-    x -= np.float32(norm["mean"])
-    x /= np.float32(norm["std"])
+    x -= np.float32(norm.mean)
+    x /= np.float32(norm.std)
     return x
 
 
@@ -116,8 +165,6 @@ def expand_region(
     region = np.asarray(mask, dtype=bool)
     if margin_mm <= 0 or not region.any():
         return region
-    from scipy import ndimage
-
     ry, rx = margin_mm / spacing_yx[0], margin_mm / spacing_yx[1]
     yy, xx = np.ogrid[-int(ry) : int(ry) + 1, -int(rx) : int(rx) + 1]
     disk = (yy / max(ry, 1e-9)) ** 2 + (xx / max(rx, 1e-9)) ** 2 <= 1.0

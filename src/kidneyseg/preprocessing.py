@@ -14,25 +14,25 @@ folder: the patient-level split (``split.json``), HU histograms of the *training
   message, and cases already finished stay valid. (As with any spawned multiprocessing, a script
   that calls `preprocess` with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.)
 * **Checks.** Each case's label map must lie on its image's grid and hold ids 0-3; the image must
-  be finite and look like CT in HU (`check_hu`); every error is one line naming the file.
+  be finite and look like CT in HU (`kidneyseg.io.check_hounsfield`, the rule predict applies too); every error is one line naming the file.
 * **Completion marker.** ``meta.json`` is removed once the inputs are validated and written last,
   so a folder with ``meta.json`` is complete and consistent.
 
 Example:
     >>> from kidneyseg.config import Config
     >>> summary = preprocess("kits21/dataset", "prep", Config(), workers=4)  # doctest: +SKIP
-    >>> len(summary.split.train), summary.normalization["kidney"]["window"]  # doctest: +SKIP
-    (240, [0.0, 200.0])
+    >>> len(summary.split.train), summary.normalization["kidney"].window  # doctest: +SKIP
+    (240, (0.0, 200.0))
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,60 +44,30 @@ import numpy.typing as npt
 from kidneyseg.config import Config, config_to_dict
 from kidneyseg.data.kits import KitsCase, find_cases
 from kidneyseg.errors import KidneysegError
-from kidneyseg.normalization import HIST_BINS, hu_histogram, phase_normalization
-from kidneyseg.types import CYST, KIDNEY, TUMOR, Volume
+from kidneyseg.formats import prep_dir as pd
+from kidneyseg.formats.prep_dir import Split, read_split_file
+from kidneyseg.io import check_hounsfield, read_image, read_labels
+from kidneyseg.normalization import (
+    HIST_BINS,
+    NormalizationRecord,
+    hu_histogram,
+    phase_normalization,
+)
+from kidneyseg.types import Volume
 from kidneyseg.utils import (
     atomic_dir,
     atomic_path,
-    atomic_write_text,
     check_writable_dir,
     package_version,
+    process_pool,
 )
 
-FORMAT = "kidneyseg-prep"
-FORMAT_VERSION = 1
-#: Files of a complete case folder.
-CASE_FILES = ("image.npy", "label.npy", "slices.npy", "hist.npz", "case.json")
-#: Label ids counted per axial slice in ``slices.npy`` (column order).
-SLICE_LABELS = (KIDNEY, TUMOR, CYST)
-SPLIT_NAMES = ("train", "val", "test")
-
 _INT16 = np.iinfo(np.int16)
+# A one-slice case cut from a KiTS volume: case_XXXXX_sYYYY (see patient_id).
+_SLICE_CASE = re.compile(r"(case_\d+)_s\d+")
 # Block edge (voxels) of the copies and histograms: temporaries stay a few MB per worker instead
 # of whole-volume copies of a 512x512x1000 CT, and blocks stay in cache.
 _BLOCK = 32
-
-
-@dataclass(frozen=True)
-class Split:
-    """A patient-level split: case ids of each set (sorted), and how it was made.
-
-    Attributes:
-        train, val, test: case ids.
-        seed: seed of a random split; ``None`` for a split read from a file.
-        fractions: requested fractions (random split) or the actual ones (split file).
-        source: the split file it came from, if any.
-
-    Example:
-        >>> s = make_split([f"case_{i}" for i in range(10)], (0.8, 0.1, 0.1), seed=0)
-        >>> len(s.train), len(s.val), len(s.test)
-        (8, 1, 1)
-    """
-
-    train: tuple[str, ...]
-    val: tuple[str, ...]
-    test: tuple[str, ...]
-    seed: int | None = None
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    source: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``split.json`` payload."""
-        out: dict[str, Any] = {"seed": self.seed, "fractions": list(self.fractions)}
-        if self.source is not None:
-            out["source"] = self.source
-        out.update(train=list(self.train), val=list(self.val), test=list(self.test))
-        return out
 
 
 @dataclass(frozen=True)
@@ -119,7 +89,7 @@ class PrepSummary:
     split: Split
     processed: tuple[str, ...]
     skipped: tuple[str, ...]
-    normalization: dict[str, dict[str, Any]]
+    normalization: dict[str, NormalizationRecord]
     seconds: float
     input_bytes: int
     voxels: int
@@ -149,13 +119,26 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
+def patient_id(case_id: str) -> str:
+    """The patient a case belongs to: a one-slice case ``case_00003_s0120`` (KiTS case 3, slice
+    120, as in ``kits19_slices``) belongs to ``case_00003``; any other id is its own patient.
+
+    Example:
+        >>> patient_id("case_00003_s0120"), patient_id("case_00003")
+        ('case_00003', 'case_00003')
+    """
+    match = _SLICE_CASE.fullmatch(case_id)
+    return match.group(1) if match else case_id
+
+
 def make_split(
     case_ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> Split:
     """A random patient-level split, determined by the sorted case ids and ``seed`` alone.
 
-    Sizes follow `split_counts`. The same ids and seed give the same split whatever the order
-    the ids come in (or the number of workers that later process them).
+    Patients (`patient_id`), not cases, are shuffled and counted (`split_counts`), so every case
+    of a patient lands in the same set. The same ids and seed give the same split whatever the
+    order the ids come in (or the number of workers that later process them).
 
     Example:
         >>> make_split(["case_b", "case_a"], seed=1) == make_split(["case_a", "case_b"], seed=1)
@@ -164,10 +147,15 @@ def make_split(
     ids = sorted(set(case_ids))
     if not ids:
         raise KidneysegError("cannot split an empty list of cases")
-    n_train, n_val, _ = split_counts(len(ids), fractions)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    shuffled = [ids[i] for i in order]
-    sets = (shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :])
+    patients: dict[str, list[str]] = {}
+    for case in ids:
+        patients.setdefault(patient_id(case), []).append(case)
+    names = sorted(patients)
+    n_train, n_val, _ = split_counts(len(names), fractions)
+    order = np.random.default_rng(seed).permutation(len(names))
+    shuffled = [names[i] for i in order]
+    groups = (shuffled[:n_train], shuffled[n_train : n_train + n_val], shuffled[n_train + n_val :])
+    sets = [[case for name in group for case in patients[name]] for group in groups]
     return Split(
         train=tuple(sorted(sets[0])),
         val=tuple(sorted(sets[1])),
@@ -175,84 +163,6 @@ def make_split(
         seed=int(seed),
         fractions=(float(fractions[0]), float(fractions[1]), float(fractions[2])),
     )
-
-
-def read_split_file(path: str | Path, case_ids: Sequence[str]) -> Split:
-    """Read and validate a user split (JSON with lists ``train``, ``val``, ``test``).
-
-    The format is that of ``split.json`` (other keys are ignored). Every case of ``case_ids``
-    must be in exactly one set, and every listed case must be one of ``case_ids``.
-
-    Raises:
-        KidneysegError: missing or unparsable file, wrong structure, a case in two sets, an
-            unknown case, a case in no set, or an empty training set (names the file and case).
-
-    Example:
-        >>> read_split_file("my_split.json", ["case_00000", "case_00001"])  # doctest: +SKIP
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise KidneysegError("split file not found", path=p)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KidneysegError(f"cannot parse split file as JSON: {exc}", path=p) from exc
-    if not isinstance(data, dict) or any(
-        not isinstance(data.get(k), list) or not all(isinstance(c, str) for c in data[k])
-        for k in SPLIT_NAMES
-    ):
-        raise KidneysegError(
-            'split file must be a JSON object with lists of case ids "train", "val", "test"',
-            path=p,
-        )
-    known = set(case_ids)
-    where: dict[str, str] = {}
-    for name in SPLIT_NAMES:
-        for case in data[name]:
-            if case in where:
-                raise KidneysegError(
-                    f"case {case} is listed in both {where[case]} and {name}"
-                    if where[case] != name
-                    else f"case {case} is listed twice in {name}",
-                    path=p,
-                )
-            if case not in known:
-                raise KidneysegError(f"case {case} is not in the data folder", path=p)
-            where[case] = name
-    missing = sorted(known - set(where))
-    if missing:
-        raise KidneysegError(
-            f"case {missing[0]} of the data folder is in no set ({len(missing)} unlisted); "
-            "list every case in train, val or test",
-            path=p,
-        )
-    if not data["train"]:
-        raise KidneysegError("the training set is empty", path=p)
-    n = len(where)
-    sizes = [round(len(data[k]) / n, 6) for k in SPLIT_NAMES]
-    return Split(
-        train=tuple(sorted(data["train"])),
-        val=tuple(sorted(data["val"])),
-        test=tuple(sorted(data["test"])),
-        seed=None,
-        fractions=(sizes[0], sizes[1], sizes[2]),
-        source=str(p.resolve()),
-    )
-
-
-def check_hu(lo: float, hi: float, path: str | Path) -> None:
-    """Reject an image whose values all lie in [-1, 1] (and are not constant).
-
-    That is an intensity-normalised image or a mask, not CT in HU (air is -1000 HU, soft tissue
-    tens of HU). The check costs only the image's min and max; other non-CT ranges (e.g. MR) are
-    stored as they are, rounded and clipped to int16.
-    """
-    if -1.0 <= lo and hi <= 1.0 and hi > lo:
-        raise KidneysegError(
-            f"not CT in HU: all values lie in [{lo:.3g}, {hi:.3g}] (an intensity-normalised "
-            "image or a mask?); give the original CT in Hounsfield units",
-            path=path,
-        )
 
 
 def _stamp(path: Path) -> list[int]:
@@ -320,7 +230,7 @@ def _case_record(case: KitsCase, image: Volume, shape: tuple[int, ...]) -> dict[
     ``shape``/``spacing_mm`` are canonical ``(z, y, x)``; ``original`` is the source file's grid:
     ``shape``/``spacing`` in its index order, ``origin`` (LPS mm), ``direction`` (row-major 3x3,
     column c = LPS direction of index axis c, as `Volume.direction`) and ``axcodes``;
-    `restore_geometry` uses it to put a canonical array back on that grid. ``source_stamp``
+    `kidneyseg.formats.prep_dir.restore_geometry` uses it to put a canonical array back on that grid. ``source_stamp``
     (size, mtime in ns of each source file) tells a rerun whether the case is still current.
     """
     assert case.label is not None
@@ -342,26 +252,6 @@ def _case_record(case: KitsCase, image: Volume, shape: tuple[int, ...]) -> dict[
     }
 
 
-def restore_geometry(record: dict[str, Any], canonical: npt.NDArray[Any]) -> Volume:
-    """A canonical ``(z, y, x)`` array of a case, back on its source file's exact grid.
-
-    Example:
-        >>> case = Path("prep/cases/case_00000")
-        >>> record = json.loads((case / "case.json").read_text(encoding="utf-8"))  # doctest: +SKIP
-        >>> labels = restore_geometry(record, np.load(case / "label.npy"))  # doctest: +SKIP
-    """
-    orig = record["original"]
-    direction = tuple(tuple(float(v) for v in row) for row in orig["direction"])
-    empty = Volume(
-        np.empty(orig["shape"], np.uint8),
-        tuple(orig["spacing"]),  # type: ignore[arg-type]
-        tuple(orig["origin"]),  # type: ignore[arg-type]
-        direction,
-        record.get("case_id", ""),
-    )
-    return empty.from_canonical(canonical)
-
-
 def process_case(case: KitsCase, cases_dir: str | Path) -> dict[str, Any]:
     """Read one case, check it, and write ``cases_dir/<case_id>/`` atomically.
 
@@ -372,20 +262,18 @@ def process_case(case: KitsCase, cases_dir: str | Path) -> dict[str, Any]:
         KidneysegError: unreadable file, NaN/inf, labels outside 0-3, label grid that differs
             from the image's, an image that is not CT in HU, or a write failure (names the file).
     """
-    from kidneyseg.io import read_image, read_labels
-
     if case.label is None:
         raise KidneysegError("case has no label file", path=case.image.parent)
     image = read_image(case.image)
     labels = read_labels(case.label, like=image)
     raw = image.array
-    lo, hi = (float(raw.min()), float(raw.max())) if raw.size else (0.0, 0.0)
-    check_hu(lo, hi, case.image)
+    check_hounsfield(raw, case.image)
+    lo, hi = float(raw.min()), float(raw.max())
     # Contiguous canonical arrays: np.save then writes them in one go, and the dataset's
     # memory-mapped reads of one axial slice touch one contiguous block.
     lab = to_c_order(labels.to_canonical(), np.uint8)
     hu, hists = _convert(image.to_canonical(), lab, lo, hi)
-    slices = np.stack([np.count_nonzero(lab == k, axis=(1, 2)) for k in SLICE_LABELS], axis=1)
+    slices = np.stack([np.count_nonzero(lab == k, axis=(1, 2)) for k in pd.SLICE_LABELS], axis=1)
     record = _case_record(case, image, hu.shape)
     record["hu_range"] = [lo, hi]
     record["label_voxels"] = {
@@ -394,11 +282,12 @@ def process_case(case: KitsCase, cases_dir: str | Path) -> dict[str, Any]:
     final = Path(cases_dir) / case.case_id
     try:
         with atomic_dir(final) as tmp:
-            np.save(tmp / "image.npy", hu)
-            np.save(tmp / "label.npy", lab)
-            np.save(tmp / "slices.npy", slices.astype(np.int64, copy=False))
-            np.savez(tmp / "hist.npz", all=hists["all"], kidney_region=hists["kidney_region"])
-            (tmp / "case.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            np.save(tmp / pd.IMAGE_FILE, hu)
+            np.save(tmp / pd.LABEL_FILE, lab)
+            np.save(tmp / pd.SLICES_FILE, slices.astype(np.int64, copy=False))
+            np.savez(tmp / pd.CASE_HISTOGRAM_FILE, **hists)
+            text = json.dumps(record, indent=2) + "\n"
+            (tmp / pd.CASE_RECORD_FILE).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise KidneysegError(f"cannot write preprocessed case: {exc}", path=final) from exc
     return record
@@ -407,10 +296,10 @@ def process_case(case: KitsCase, cases_dir: str | Path) -> dict[str, Any]:
 def _done_record(case: KitsCase, cases_dir: Path) -> dict[str, Any] | None:
     """The record of a complete case folder whose sources are unchanged, else None."""
     folder = cases_dir / case.case_id
-    if not all((folder / name).is_file() for name in CASE_FILES) or case.label is None:
+    if not all((folder / name).is_file() for name in pd.CASE_FILES) or case.label is None:
         return None
     try:
-        record = json.loads((folder / "case.json").read_text(encoding="utf-8"))
+        record = json.loads((folder / pd.CASE_RECORD_FILE).read_text(encoding="utf-8"))
         stamp = record["source_stamp"]
         if stamp["image"] != _stamp(case.image) or stamp["label"] != _stamp(case.label):
             return None
@@ -434,9 +323,7 @@ def _run_cases(
                 yield process_case(case, cases_dir)
                 bar.update()
             return
-        # spawn, not fork: forking a parent whose ITK thread pool is live can deadlock a child.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with process_pool(workers) as pool:
             pending = {pool.submit(process_case, case, cases_dir): case for case in todo}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -458,9 +345,9 @@ def _run_cases(
 
 
 def _training_histograms(cases_dir: Path, train: Sequence[str]) -> dict[str, np.ndarray]:
-    total = {"all": np.zeros(HIST_BINS, np.int64), "kidney_region": np.zeros(HIST_BINS, np.int64)}
+    total = {key: np.zeros(HIST_BINS, np.int64) for key in pd.HISTOGRAM_KEYS}
     for case_id in train:
-        with np.load(cases_dir / case_id / "hist.npz") as hist:
+        with np.load(cases_dir / case_id / pd.CASE_HISTOGRAM_FILE) as hist:
             for key in total:
                 total[key] += hist[key]
     return total
@@ -510,8 +397,8 @@ def preprocess(
 
     prep = check_writable_dir(prep_dir)
     # From here on the folder changes: drop the completion marker until it is consistent again.
-    (prep / "meta.json").unlink(missing_ok=True)
-    cases_dir = prep / "cases"
+    (prep / pd.META_FILE).unlink(missing_ok=True)
+    cases_dir = prep / pd.CASES_DIR
     cases_dir.mkdir(exist_ok=True)
     for leftover in cases_dir.glob(".*.tmp"):  # temp folders of an interrupted run
         shutil.rmtree(leftover, ignore_errors=True)
@@ -539,12 +426,10 @@ def preprocess(
         "kidney": phase_normalization(hists, "kidney", cfg.data.kidney_window),
         "tumor": phase_normalization(hists, "tumor", cfg.data.tumor_window),
     }
-    with atomic_path(prep / "hu_histogram.npz") as tmp:
-        np.savez(tmp, all=hists["all"], kidney_region=hists["kidney_region"])
-    atomic_write_text(prep / "split.json", json.dumps(split.to_json(), indent=2) + "\n")
+    with atomic_path(prep / pd.HISTOGRAM_FILE) as tmp:
+        np.savez(tmp, **hists)
+    pd.write_split(prep, split)
     meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "kidneyseg_version": package_version(),
         "config": config_to_dict(cfg),
         "cases": {
@@ -553,9 +438,9 @@ def preprocess(
             }
             for cid in ids
         },
-        "normalization": normalization,
+        "normalization": {phase: record.to_dict() for phase, record in normalization.items()},
     }
-    atomic_write_text(prep / "meta.json", json.dumps(meta, indent=2) + "\n")
+    pd.write_meta(prep, meta)
 
     processed = tuple(c.case_id for c in todo)
     return PrepSummary(

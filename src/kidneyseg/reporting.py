@@ -1,8 +1,9 @@
 """The report: loss curves, overlays and tables from the files earlier stages wrote.
 
-Reads ``RUN_DIR/<phase>/metrics.csv`` (+ ``config.json``), ``EVAL_DIR/per_case.csv`` and
-``EVAL_DIR/summary.json`` (whose ``pred_dir`` / ``gt_dir`` locate the label maps and CT for the
-overlays) and writes, atomically, a folder with:
+Reads ``RUN_DIR/<phase>/metrics.csv`` (+ ``config.json``; `kidneyseg.formats.run_dir`) and
+``EVAL_DIR/per_case.csv`` + ``EVAL_DIR/summary.json`` (`kidneyseg.formats.eval_dir`), whose
+``pred_dir`` / ``gt_dir`` locate the label maps and CT for the overlays, and writes, atomically,
+a folder with:
 
 * ``curves_<phase>.png``: training vs validation loss per epoch (paper Fig. 6);
 * ``overlay_<case>.png``: predicted masks as red fill and ground-truth edges in green on the CT in
@@ -11,7 +12,8 @@ overlays) and writes, atomically, a folder with:
 * ``table1.csv``: the Table-1-style summary (kidney, tumor and the paper's reported values);
 * ``report.html`` (one self-contained page, images embedded) and ``report.md``.
 
-Figures use matplotlib's Agg canvas directly (no pyplot), so the caller's backend is untouched.
+The figures themselves are drawn by `kidneyseg.figures`; this module chooses what to show,
+reads the cases and assembles the page.
 
 Example:
     >>> page = make_report("run", "eval", "report")  # doctest: +SKIP
@@ -22,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import math
@@ -31,277 +32,54 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+from tqdm import tqdm
 
+from kidneyseg.data.kits import IMAGE_NAME
 from kidneyseg.errors import KidneysegError
-from kidneyseg.types import CYST, KIDNEY, PHASES, TUMOR, Array
-
-#: Per-case Dice the paper reports on its test split (abstract and Table 1); shown as reference.
-PAPER_CASE_DICE = {"kidney": 0.961, "tumor": 0.811}
-#: Soft-tissue CT window (width, level) in HU for the overlays.
-SOFT_TISSUE_WINDOW = (400.0, 50.0)
-
-#: Table-1 rows: per-case Dice columns (first one present wins), per-slice Dice, surface Dice.
-TABLE1_COLUMNS: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "kidney": (
-        ("paper_case_dice_kidney", "dice_kidney_and_mass"),
-        "paper_slice_dice_kidney",
-        "sd_kidney_and_mass",
-    ),
-    "tumor": (("paper_case_dice_tumor", "dice_tumor"), "paper_slice_dice_tumor", "sd_tumor"),
-}
-#: Per-case columns shown in the report, in order (others in per_case.csv are ignored).
-PER_CASE_COLUMNS = (
-    "dice_kidney_and_mass",
-    "sd_kidney_and_mass",
-    "dice_mass",
-    "sd_mass",
-    "dice_tumor",
-    "sd_tumor",
-    "paper_case_dice_kidney",
-    "paper_slice_dice_kidney",
-    "paper_case_dice_tumor",
-    "paper_slice_dice_tumor",
+from kidneyseg.evaluation import find_reference
+from kidneyseg.figures import (
+    SOFT_TISSUE_WINDOW,
+    CaseVolumes,
+    choose_slices,
+    draw_overlay,
+    plot_loss_curves,
 )
-METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "slices_per_s")
+from kidneyseg.formats.eval_dir import (
+    PER_CASE_FILE,
+    SCORE_COLUMNS,
+    SUMMARY_FILE,
+    read_csv_columns,
+    read_per_case,
+    read_summary,
+)
+from kidneyseg.formats.pred_dir import output_path
+from kidneyseg.formats.run_dir import BEST_FILE, CONFIG_FILE, METRICS_FILE, phase_dir
+from kidneyseg.io import check_same_geometry, read_labels, read_volume
+from kidneyseg.report_tables import (
+    TABLE1_COLUMNS,
+    choose_cases,
+    format_score,
+    summary_rows,
+    table1_cells,
+    table1_csv_text,
+)
+from kidneyseg.types import PHASES
+from kidneyseg.utils import atomic_dir, atomic_write_text, package_version
 
-_PRED_KIDNEY_RGBA = (1.0, 0.25, 0.25, 0.45)
-_PRED_TUMOR_RGBA = (0.8, 0.0, 0.0, 0.7)
-_GT_KIDNEY_COLOR = "lime"
-_GT_TUMOR_COLOR = "springgreen"
-_DPI = 100
-_PANEL_IN = 4.0  # panel side in inches: 400 px at _DPI
-
-
-# ----------------------------------------------------------------------------- reading inputs
-def _to_float(text: str | None, path: Path, column: str) -> float:
-    if text is None or text.strip() == "" or text.strip().lower() in ("nan", "none", "na"):
-        return math.nan
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise KidneysegError(f"column {column!r} has a non-number {text!r}", path=path) from exc
-
-
-def read_csv_columns(
-    path: str | Path, required: Sequence[str], key: str | None = None
-) -> dict[str, list[Any]]:
-    """Read a CSV into ``{column: values}``; numbers as floats (blank/nan -> NaN).
-
-    ``key`` names a text column kept as strings (e.g. ``"case"``).
-
-    Example:
-        >>> cols = read_csv_columns("eval/per_case.csv", ["case"], key="case")  # doctest: +SKIP
-        >>> cols["case"][:2], cols["dice_tumor"][:2]  # doctest: +SKIP
-        (['case_00001', 'case_00002'], [0.83, nan])
-
-    Raises:
-        KidneysegError: unreadable file, no header, a missing required column, no rows, or a
-            non-number in a numeric column.
-    """
-    p = Path(path)
-    try:
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise KidneysegError(f"cannot read CSV: {exc}", path=p) from exc
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise KidneysegError(f"missing column(s) {missing}; found {header}", path=p)
-    if not rows:
-        raise KidneysegError("CSV has a header but no rows", path=p)
-    out: dict[str, list[Any]] = {}
-    for col in header:
-        raw = [(r.get(col) or "").strip() for r in rows]
-        out[col] = raw if col == key else [_to_float(v, p, col) for v in raw]
-    return out
-
-
-def read_summary(path: str | Path) -> dict[str, Any]:
-    """Read ``summary.json`` (must be a JSON object)."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KidneysegError(f"cannot read JSON: {exc}", path=p) from exc
-    if not isinstance(data, dict):
-        raise KidneysegError("expected a JSON object", path=p)
-    return data
-
-
-def metric_stats(
-    summary: dict[str, Any], per_case: dict[str, list[Any]], name: str
-) -> dict[str, float] | None:
-    """``{"mean","median","std","n"}`` of one metric, or None when neither input has it.
-
-    Taken from ``summary["metrics"][name]`` (or ``summary[name]``); when the summary lacks the
-    metric it is computed from the per-case column, ignoring NaN (cases where it is undefined).
-
-    Example:
-        >>> metric_stats({"metrics": {"dice_tumor": {"mean": 0.8}}}, {}, "dice_tumor")["mean"]
-        0.8
-    """
-    metrics = summary.get("metrics")
-    entry = metrics.get(name) if isinstance(metrics, dict) else None
-    if not isinstance(entry, dict):
-        entry = summary.get(name) if isinstance(summary.get(name), dict) else None
-    if entry is not None and "mean" in entry:
-        return {k: _as_float(entry.get(k)) for k in ("mean", "median", "std", "n")}
-    if name not in per_case:
-        return None
-    values = np.asarray(per_case[name], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {"mean": math.nan, "median": math.nan, "std": math.nan, "n": 0.0}
-    return {
-        "mean": float(values.mean()),
-        "median": float(np.median(values)),
-        "std": float(values.std()),
-        "n": float(values.size),
-    }
-
-
-def _as_float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-# ----------------------------------------------------------------------------- tables
-@dataclass(frozen=True)
-class SummaryRow:
-    """One row of the Table-1-style summary (NaN where a value is not available)."""
-
-    name: str
-    case_mean: float
-    case_std: float
-    case_median: float
-    slice_mean: float
-    surface_mean: float
-    n: float
-    source: str
-
-
-def summary_rows(summary: dict[str, Any], per_case: dict[str, list[Any]]) -> list[SummaryRow]:
-    """Rows kidney, tumor (from the evaluation), then the paper's reported per-case Dice.
-
-    Example:
-        >>> rows = summary_rows({"metrics": {"dice_tumor": {"mean": 0.8}}}, {})
-        >>> [r.name for r in rows][-1], rows[1].case_mean
-        ('paper (reported): tumor', 0.8)
-    """
-    nan = math.nan
-    rows = []
-    for region, (case_cols, slice_col, surface_col) in TABLE1_COLUMNS.items():
-        case_col = next((c for c in case_cols if metric_stats(summary, per_case, c)), case_cols[0])
-        case = metric_stats(summary, per_case, case_col) or {}
-        slc = metric_stats(summary, per_case, slice_col) or {}
-        surf = metric_stats(summary, per_case, surface_col) or {}
-        rows.append(
-            SummaryRow(
-                region,
-                case.get("mean", nan),
-                case.get("std", nan),
-                case.get("median", nan),
-                slc.get("mean", nan),
-                surf.get("mean", nan),
-                case.get("n", nan),
-                f"{case_col}, {slice_col}, {surface_col}",
-            )
-        )
-    for region, value in PAPER_CASE_DICE.items():
-        rows.append(
-            SummaryRow(
-                f"paper (reported): {region}",
-                value,
-                nan,
-                nan,
-                nan,
-                nan,
-                nan,
-                "the paper's published per-case Dice, not computed here",
-            )
-        )
-    return rows
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _table1(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
-    header = [
-        "region",
-        "per-case Dice: mean ± std",
-        "per-case Dice: median",
-        "per-slice Dice: mean",
-        "surface Dice: mean per-case",
-        "cases (n)",
-    ]
-    body = []
-    for r in rows:
-        mean = _fmt(r.case_mean) + (f" ± {_fmt(r.case_std)}" if math.isfinite(r.case_std) else "")
-        n = "—" if not math.isfinite(r.n) else str(int(r.n))
-        body.append(
-            [r.name, mean, _fmt(r.case_median), _fmt(r.slice_mean), _fmt(r.surface_mean), n]
-        )
-    return header, body
+#: The report folder's page, its Markdown twin and the Table-1 CSV.
+REPORT_FILE: Final = "report.html"
+REPORT_MD_FILE: Final = "report.md"
+TABLE1_FILE: Final = "table1.csv"
 
 
 # ----------------------------------------------------------------------------- loss curves
-def plot_loss_curves(metrics: dict[str, list[Any]], path: str | Path, title: str) -> Path:
-    """Training and validation loss per epoch (paper Fig. 6) as a PNG; best epoch marked.
-
-    Example:
-        >>> cols = read_csv_columns("run/kidney/metrics.csv", ["epoch"])  # doctest: +SKIP
-        >>> plot_loss_curves(cols, "curves_kidney.png", "phase 1: kidney")  # doctest: +SKIP
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    epoch = np.asarray(metrics["epoch"], dtype=np.float64)
-    for col, label, style in (("train_loss", "training", "-o"), ("val_loss", "validation", "-s")):
-        if col not in metrics:
-            continue
-        y = np.asarray(metrics[col], dtype=np.float64)
-        ok = np.isfinite(y) & np.isfinite(epoch)
-        if ok.any():
-            ax.plot(epoch[ok], y[ok], style, markersize=3, label=label)
-    if "val_loss" in metrics:
-        val = np.asarray(metrics["val_loss"], dtype=np.float64)
-        if np.isfinite(val).any():
-            best = int(np.nanargmin(val))
-            ax.plot(
-                epoch[best],
-                val[best],
-                "*",
-                color="black",
-                markersize=11,
-                label=f"best validation (epoch {epoch[best]:g})",
-            )
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=_DPI, facecolor="white")
-    return Path(path)
-
-
-def _curve_title(phase: str, config_path: Path) -> str:
+def _curve_labels(phase: str, config_path: Path) -> tuple[str, str]:
+    """The curve's title and the configured loss name (``"loss"`` when unknown)."""
     index = PHASES.index(phase) + 1 if phase in PHASES else 0
-    title = f"phase {index}: {phase}"
+    title, loss = f"phase {index}: {phase}", "loss"
     try:
         cfg = json.loads(config_path.read_text(encoding="utf-8")).get("config", {})
         model, train = cfg.get("model", {}), cfg.get("train", {})
@@ -313,66 +91,20 @@ def _curve_title(phase: str, config_path: Path) -> str:
         ]
         if parts:
             title += " — " + ", ".join(parts)
+        loss = str(train.get("loss", loss))
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # the config only decorates the title; the curve stands without it
-    return title
+    return title, loss
 
 
-# ----------------------------------------------------------------------------- overlays
-@dataclass(frozen=True)
-class OverlayPanel:
-    """Where one slice's image landed in an overlay PNG.
-
-    Attributes:
-        case_id: the case.
-        z: canonical axial slice index.
-        shape: ``(rows, cols)`` of the canonical slice (y anterior->posterior, x right->left).
-        box: ``(top, left, bottom, right)`` of the slice's pixel area in PNG pixel coordinates.
-    """
-
-    case_id: str
-    z: int
-    shape: tuple[int, int]
-    box: tuple[float, float, float, float]
-
-    def png_pixel(self, row: float, col: float) -> tuple[int, int]:
-        """PNG ``(row, col)`` of a point of the canonical slice (integers = pixel centres)."""
-        top, left, bottom, right = self.box
-        r = top + (row + 0.5) / self.shape[0] * (bottom - top)
-        c = left + (col + 0.5) / self.shape[1] * (right - left)
-        return int(r), int(c)
-
-
-@dataclass(frozen=True)
-class CaseVolumes:
-    """Canonical ``(z, y, x)`` arrays of one case: CT (None when absent), prediction, truth.
-
-    ``axial_axis`` and ``axial_flipped`` say where canonical slice z lies in the files (index
-    ``n - 1 - z`` on that axis when flipped), so a reader can find it in a viewer.
-    """
-
-    case_id: str
-    ct: Array | None
-    pred: Array
-    gt: Array
-    spacing: tuple[float, float, float]
-    axial_axis: int = 0
-    axial_flipped: bool = False
-
-    def file_slice(self, z: int) -> int:
-        """Index of canonical slice ``z`` along the files' axial axis."""
-        return self.gt.shape[0] - 1 - z if self.axial_flipped else z
-
-
-def _first_file(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.is_file()), None)
-
-
+# ----------------------------------------------------------------------------- cases
 def load_case_volumes(case_id: str, pred_dir: Path, gt_dir: Path) -> CaseVolumes:
     """Read one case's prediction, ground truth and CT as canonical arrays.
 
-    Ground truth: ``GT_DIR/<case>/aggregated_MAJ_seg.nii.gz`` or ``segmentation.nii.gz`` (or
-    ``GT_DIR/<case>.nii.gz``); CT: ``GT_DIR/<case>/imaging.nii.gz`` (None when absent).
+    Ground truth: the first of ``GT_DIR/<case>/aggregated_MAJ_seg.nii.gz``,
+    ``GT_DIR/<case>/segmentation.nii.gz``, ``GT_DIR/<case>.nii.gz``
+    (`kidneyseg.evaluation.find_reference`); CT: ``GT_DIR/<case>/imaging.nii.gz`` (None when
+    absent).
 
     Example:
         >>> vols = load_case_volumes("case_00001", Path("pred"), Path("data"))  # doctest: +SKIP
@@ -382,15 +114,11 @@ def load_case_volumes(case_id: str, pred_dir: Path, gt_dir: Path) -> CaseVolumes
     Raises:
         KidneysegError: a missing or unreadable file, or grids that do not match.
     """
-    from kidneyseg.data.kits import IMAGE_NAME, label_file
-    from kidneyseg.io import check_same_geometry, read_labels, read_volume
-
-    pred_path = pred_dir / f"{case_id}.nii.gz"
-    gt_path = label_file(gt_dir / case_id) or _first_file(gt_dir / f"{case_id}.nii.gz")
+    gt_path = find_reference(gt_dir, case_id)
     if gt_path is None:
         raise KidneysegError("no ground-truth label file for this case", path=gt_dir / case_id)
     gt = read_labels(gt_path)
-    pred = read_labels(pred_path, like=gt)
+    pred = read_labels(output_path(pred_dir, case_id), like=gt)
     ct_path = gt_dir / case_id / IMAGE_NAME
     ct = None
     if ct_path.is_file():
@@ -402,169 +130,6 @@ def load_case_volumes(case_id: str, pred_dir: Path, gt_dir: Path) -> CaseVolumes
     return CaseVolumes(
         case_id, ct, pred.to_canonical(), gt.to_canonical(), gt.canonical_spacing, axis, flipped
     )
-
-
-def choose_slices(gt: Array, pred: Array) -> list[tuple[int, str]]:
-    """Axial slices to show: largest ground-truth tumor area, then largest kidney area.
-
-    Falls back to the prediction's kidney area, then the middle slice, when the truth is empty.
-    Returns ``[(z, reason), ...]`` (one entry when both are the same slice).
-
-    Example:
-        >>> gt = np.zeros((4, 5, 5), np.uint8); gt[1, :2] = 1; gt[2, :1] = 2
-        >>> choose_slices(gt, gt)
-        [(2, 'largest GT tumor area'), (1, 'largest GT kidney area')]
-    """
-    region = np.isin(gt, (KIDNEY, TUMOR, CYST)).sum(axis=(1, 2))
-    tumor = (gt == TUMOR).sum(axis=(1, 2))
-    picks: list[tuple[int, str]] = []
-    if tumor.any():
-        picks.append((int(np.argmax(tumor)), "largest GT tumor area"))
-    if region.any():
-        z = int(np.argmax(region))
-        if picks and picks[0][0] == z:
-            picks[0] = (z, "largest GT tumor and kidney area")
-        else:
-            picks.append((z, "largest GT kidney area"))
-    if not picks:
-        pred_area = (np.asarray(pred) != 0).sum(axis=(1, 2))
-        if pred_area.any():
-            picks.append((int(np.argmax(pred_area)), "largest predicted area (GT empty)"))
-        else:
-            picks.append((gt.shape[0] // 2, "middle slice (GT and prediction empty)"))
-    return picks
-
-
-def draw_overlay(
-    vols: CaseVolumes,
-    slices: Sequence[tuple[int, str]],
-    path: str | Path,
-    title: str,
-    panel_labels: Sequence[str] = (),
-    window: tuple[float, float] = SOFT_TISSUE_WINDOW,
-) -> list[OverlayPanel]:
-    """One PNG with a panel per slice: CT, predicted masks in red, ground-truth edges in green.
-
-    Slices are shown as the canonical ``(y, x)`` array: anterior at the top and the patient's
-    right on the image's left (radiological convention). Predicted kidney is light red, predicted
-    tumor dark red (semi-transparent fills); ground-truth kidney region (labels 1-3) is a solid
-    green contour, ground-truth tumor a dashed one.
-
-    Example:
-        >>> vols = load_case_volumes("case_00001", Path("pred"), Path("data"))  # doctest: +SKIP
-        >>> slices = choose_slices(vols.gt, vols.pred)  # doctest: +SKIP
-        >>> draw_overlay(vols, slices, "o.png", "case_00001")  # doctest: +SKIP
-
-    Returns:
-        Where each slice landed in the PNG (for checks and links).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    width, level = window
-    n = len(slices)
-    _, sy, sx = vols.spacing
-    rows, cols = vols.gt.shape[1:]
-    # Panels keep the slice's physical aspect (mm), longest side _PANEL_IN, at least 2 in wide
-    # so the two-line titles fit.
-    extent_h, extent_w = rows * sy, cols * sx
-    scale = _PANEL_IN / max(extent_h, extent_w)
-    panel_w, panel_h = max(2.0, extent_w * scale), max(1.0, extent_h * scale)
-    top_in, title_in, bottom_in, pad_in = 0.35, 0.6, 0.55, 0.15
-    fig_w = n * (panel_w + 2 * pad_in)
-    fig_h = top_in + title_in + panel_h + bottom_in
-    fig = Figure(figsize=(fig_w, fig_h), dpi=_DPI)
-    canvas = FigureCanvasAgg(fig)
-    fig.suptitle(title, fontsize=10, y=1 - 0.08 / fig_h)
-    axes = []
-    for i, (z, _reason) in enumerate(slices):
-        ax = fig.add_axes(
-            (
-                (i * (panel_w + 2 * pad_in) + pad_in) / fig_w,
-                bottom_in / fig_h,
-                panel_w / fig_w,
-                panel_h / fig_h,
-            )
-        )
-        pred, gt = vols.pred[z], vols.gt[z]
-        ct = vols.ct[z] if vols.ct is not None else np.full(pred.shape, float(level))
-        ax.imshow(ct, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=sy / sx)
-        fill = np.zeros((*pred.shape, 4))
-        fill[np.isin(pred, (KIDNEY, CYST))] = _PRED_KIDNEY_RGBA
-        fill[pred == TUMOR] = _PRED_TUMOR_RGBA
-        ax.imshow(fill, interpolation="nearest", aspect=sy / sx)
-        region, tumor = np.isin(gt, (KIDNEY, TUMOR, CYST)), gt == TUMOR
-        if region.any():
-            ax.contour(
-                region.astype(np.float32), levels=[0.5], colors=_GT_KIDNEY_COLOR, linewidths=1.5
-            )
-        if tumor.any():
-            ax.contour(
-                tumor.astype(np.float32),
-                levels=[0.5],
-                colors=_GT_TUMOR_COLOR,
-                linewidths=1.5,
-                linestyles="dashed",
-            )
-        label = panel_labels[i] if i < len(panel_labels) else ""
-        where = f"z={z} (file index {vols.file_slice(z)} on axis {vols.axial_axis})"
-        ax.set_title(f"{vols.case_id} · axial slice {where}\n{label}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("patient right ← → patient left  (anterior at top)", fontsize=7, labelpad=2)
-        axes.append(ax)
-    handles = [
-        Patch(color=_PRED_KIDNEY_RGBA, label="predicted kidney"),
-        Patch(color=_PRED_TUMOR_RGBA, label="predicted tumor"),
-        Line2D([], [], color=_GT_KIDNEY_COLOR, lw=1.5, label="GT kidney region edge"),
-        Line2D([], [], color=_GT_TUMOR_COLOR, lw=1.5, ls="--", label="GT tumor edge"),
-    ]
-    fig.legend(
-        handles=handles, loc="lower center", ncol=4 if n > 1 else 2, fontsize=7, frameon=False
-    )
-    canvas.draw()
-    height_px = fig.bbox.height
-    panels = []
-    for ax, (z, _reason) in zip(axes, slices, strict=True):
-        # Display coordinates are pixels from the bottom-left; PNG rows count from the top.
-        (x0, y0), (x1, y1) = ax.transData.transform([(-0.5, -0.5), (cols - 0.5, rows - 0.5)])
-        box = (float(height_px - y0), float(x0), float(height_px - y1), float(x1))
-        panels.append(OverlayPanel(vols.case_id, int(z), (int(rows), int(cols)), box))
-    fig.savefig(str(path), dpi=_DPI, facecolor="white")
-    return panels
-
-
-def choose_cases(per_case: dict[str, list[Any]], max_cases: int = 6) -> list[tuple[str, str]]:
-    """Best, median and worst cases by tumor Dice, then by kidney Dice (deduplicated).
-
-    Cases where a Dice is NaN (undefined, e.g. no tumor anywhere) are not ranked on it.
-    Returns ``[(case_id, role), ...]``, at most ``max_cases``.
-
-    Example:
-        >>> pc = {"case": ["a", "b", "c"], "dice_tumor": [0.9, 0.5, 0.7]}
-        >>> choose_cases(pc, 3)
-        [('a', 'best tumor Dice'), ('c', 'median tumor Dice'), ('b', 'worst tumor Dice')]
-    """
-    picks: dict[str, list[str]] = {}
-    for region in ("tumor", "kidney"):
-        col = next((c for c in TABLE1_COLUMNS[region][0] if c in per_case), None)
-        if col is None:
-            continue
-        ranked = sorted(
-            (v, c) for c, v in zip(per_case["case"], per_case[col], strict=True) if math.isfinite(v)
-        )
-        if not ranked:
-            continue
-        order = [
-            (ranked[-1][1], "best"),
-            (ranked[(len(ranked) - 1) // 2][1], "median"),
-            (ranked[0][1], "worst"),
-        ]
-        for case_id, which in order:
-            picks.setdefault(case_id, []).append(f"{which} {region} Dice")
-    return [(c, ", ".join(dict.fromkeys(r))) for c, r in picks.items()][: max(0, max_cases)]
 
 
 # ----------------------------------------------------------------------------- the document
@@ -659,9 +224,9 @@ def _check_out_dir(out: Path, inputs: Sequence[Path]) -> None:
             raise KidneysegError(f"output folder would replace the input folder {inp}", path=out)
     if out.exists() and not out.is_dir():
         raise KidneysegError("output path exists and is not a folder", path=out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "report.html").is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
         raise KidneysegError(
-            "output folder exists, is not empty and holds no report.html; "
+            f"output folder exists, is not empty and holds no {REPORT_FILE}; "
             "choose a new or empty folder (a previous report folder is replaced)",
             path=out,
         )
@@ -670,7 +235,7 @@ def _check_out_dir(out: Path, inputs: Sequence[Path]) -> None:
 def _curves_blocks(run_dir: Path, tmp: Path) -> list[_Block]:
     blocks = [_Block("h2", "Training curves (paper Fig. 6)")]
     for phase in PHASES:
-        metrics_path = run_dir / phase / "metrics.csv"
+        metrics_path = phase_dir(run_dir, phase) / METRICS_FILE
         if not metrics_path.is_file():
             blocks.append(
                 _Block(
@@ -687,11 +252,12 @@ def _curves_blocks(run_dir: Path, tmp: Path) -> list[_Block]:
             )
             continue
         name = f"curves_{phase}.png"
-        plot_loss_curves(cols, tmp / name, _curve_title(phase, run_dir / phase / "config.json"))
+        title, loss_name = _curve_labels(phase, phase_dir(run_dir, phase) / CONFIG_FILE)
+        plot_loss_curves(cols, tmp / name, title, loss_name)
         caption = (
             f"Phase {phase}: training vs validation loss per epoch ({len(cols['epoch'])} "
             "epochs; the star marks the epoch with the lowest validation loss, whose weights "
-            "are kept as best.safetensors)."
+            f"are kept as {BEST_FILE})."
         )
         if "seconds" in cols:
             secs = np.nansum(np.asarray(cols["seconds"], dtype=np.float64))
@@ -710,8 +276,6 @@ def _overlay_blocks(
     tmp: Path,
     max_cases: int,
 ) -> list[_Block]:
-    from tqdm import tqdm
-
     blocks = [_Block("h2", "Overlays (paper Fig. 9)")]
     chosen = choose_cases(per_case, max_cases)
     pred_dir = _resolve_dir(summary.get("pred_dir"), eval_dir)
@@ -747,7 +311,9 @@ def _overlay_blocks(
             region: next((per_case[c][row] for c in cols if c in per_case), math.nan)
             for region, (cols, _, _) in TABLE1_COLUMNS.items()
         }
-        dice_text = f"case Dice: kidney {_fmt(dice['kidney'])}, tumor {_fmt(dice['tumor'])}"
+        dice_text = (
+            f"case Dice: kidney {format_score(dice['kidney'])}, tumor {format_score(dice['tumor'])}"
+        )
         slices = choose_slices(vols.gt, vols.pred)
         name = f"overlay_{_safe_name(case_id)}.png"
         draw_overlay(
@@ -789,25 +355,23 @@ def make_report(
         >>> make_report("run", "eval", "report")  # doctest: +SKIP
         PosixPath('report/report.html')
     """
-    from kidneyseg.utils import atomic_dir, atomic_write_text, package_version
-
     run, ev, out = Path(run_dir), Path(eval_dir), Path(out_dir)
     if max_cases < 0:
         raise KidneysegError(f"max_cases must be >= 0 (got {max_cases})")
     if not ev.is_dir():
         raise KidneysegError("evaluation folder not found; run `kidneyseg evaluate` first", path=ev)
-    for name in ("per_case.csv", "summary.json"):
+    for name in (PER_CASE_FILE, SUMMARY_FILE):
         if not (ev / name).is_file():
             raise KidneysegError(
                 f"{name} not found; run `kidneyseg evaluate` first", path=ev / name
             )
-    per_case = read_csv_columns(ev / "per_case.csv", ["case"], key="case")
-    summary = read_summary(ev / "summary.json")
+    per_case = read_per_case(ev)
+    summary = read_summary(ev / SUMMARY_FILE)
     _check_out_dir(out, [p for p in (run, ev) if p.exists()])
 
     title = "kidneyseg report"
     rows = summary_rows(summary, per_case)
-    header, body = _table1(rows)
+    header, body = table1_cells(rows)
     blocks = [
         _Block(
             "p",
@@ -838,7 +402,7 @@ def make_report(
     with atomic_dir(out) as tmp:
         blocks += _curves_blocks(run, tmp)
         blocks += _overlay_blocks(summary, per_case, ev, tmp, max_cases)
-        shown = [c for c in PER_CASE_COLUMNS if c in per_case]
+        shown = [c for c in SCORE_COLUMNS if c in per_case]
         blocks += [
             _Block("h2", "Per-case results"),
             _Block(
@@ -852,21 +416,12 @@ def make_report(
                 "table",
                 header=("case", *shown),
                 rows=tuple(
-                    (c, *(_fmt(per_case[col][i]) for col in shown))
+                    (c, *(format_score(per_case[col][i]) for col in shown))
                     for i, c in enumerate(per_case["case"])
                 ),
             ),
         ]
-        lines = [
-            "region,case_dice_mean,case_dice_std,case_dice_median,slice_dice_mean,"
-            "surface_dice_mean,n"
-        ]
-        for r in rows:
-            values = (r.case_mean, r.case_std, r.case_median, r.slice_mean, r.surface_mean, r.n)
-            lines.append(
-                ",".join([r.name, *(f"{v:.6g}" if math.isfinite(v) else "" for v in values)])
-            )
-        atomic_write_text(tmp / "table1.csv", "\n".join(lines) + "\n")
-        atomic_write_text(tmp / "report.md", _render_md(blocks, title))
-        atomic_write_text(tmp / "report.html", _render_html(blocks, tmp, title))
-    return out / "report.html"
+        atomic_write_text(tmp / TABLE1_FILE, table1_csv_text(rows))
+        atomic_write_text(tmp / REPORT_MD_FILE, _render_md(blocks, title))
+        atomic_write_text(tmp / REPORT_FILE, _render_html(blocks, tmp, title))
+    return out / REPORT_FILE

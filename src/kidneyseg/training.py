@@ -33,11 +33,8 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -50,131 +47,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from torch import nn
-from torch.utils.data import DataLoader
 
+from kidneyseg.augmentation import BatchAugment
 from kidneyseg.config import Config, dump_config, validate
-from kidneyseg.dataset import (
-    ForegroundSampler,
-    GpuAugment,
-    PrepDir,
-    SliceDataset,
-    open_prep_dir,
-    phase_norm_record,
-    predict_kidney_regions,
-)
 from kidneyseg.errors import KidneysegError
-from kidneyseg.models import build_model, read_checkpoint_meta, save_checkpoint
-from kidneyseg.types import PHASES
-from kidneyseg.utils import atomic_path, atomic_write_text, package_version
-
-METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "slices_per_s")
-_PRECISIONS = {"32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"}
-
-
-@dataclass(frozen=True)
-class Hardware:
-    """What Lightning runs on, resolved from ``train.*`` (see `resolve_hardware`)."""
-
-    accelerator: str
-    devices: int | list[int] | str
-    num_nodes: int
-    world_size: int
-    strategy: str
-    precision: str
-
-    @property
-    def cuda(self) -> bool:
-        return self.accelerator == "gpu"
-
-
-def _parse_devices(value: str, accelerator: str) -> tuple[int | list[int] | str, int]:
-    text = value.strip().lower()
-    available = torch.cuda.device_count() if accelerator == "gpu" else os.cpu_count() or 1
-    if text in ("auto", "-1"):
-        return (1, 1) if accelerator == "cpu" else ("auto" if text == "auto" else -1, available)
-    try:
-        if "," in text:
-            ids = [int(v) for v in text.split(",") if v.strip()]
-            return ids, len(ids)
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise KidneysegError(
-            f"config train.devices must be auto, a count >= 1 or a list of ids "
-            f"like 0,1 (got {value!r})"
-        )
-    if accelerator == "gpu" and n > available:
-        raise KidneysegError(f"train.devices={n} but only {available} CUDA GPU(s) are visible")
-    return n, n
-
-
-def resolve_hardware(cfg: Config) -> Hardware:
-    """Accelerator, devices, DDP strategy and precision for ``cfg.train`` on this machine.
-
-    Example:
-        >>> resolve_hardware(Config()).precision in ("32-true", "bf16-mixed", "16-mixed")
-        True
-    """
-    t = cfg.train
-    accelerator = t.accelerator.lower()
-    if accelerator == "cuda":
-        accelerator = "gpu"
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    if accelerator not in ("cpu", "gpu", "mps"):
-        raise KidneysegError(
-            f"config train.accelerator must be auto, cpu or gpu (got {t.accelerator!r})"
-        )
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise KidneysegError(
-            "train.accelerator=gpu but no CUDA GPU is available; use --accelerator cpu"
-        )
-    devices, count = _parse_devices(t.devices, accelerator)
-    world_size = count * t.num_nodes
-    precision = t.precision
-    if precision == "auto":
-        if accelerator == "gpu":
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        else:
-            from kidneyseg.utils import cpu_has_native_bf16
-
-            precision = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
-    elif precision not in _PRECISIONS:
-        raise KidneysegError(
-            f"config train.precision must be auto or one of "
-            f"{', '.join(sorted(_PRECISIONS))} (got {precision!r})"
-        )
-    if t.batch_size % world_size:
-        raise KidneysegError(
-            f"train.batch_size={t.batch_size} (global) must divide evenly over "
-            f"{world_size} processes"
-        )
-    strategy = "ddp" if world_size > 1 else "auto"
-    return Hardware(accelerator, devices, t.num_nodes, world_size, strategy, precision)
-
-
-class BceDiceLoss(nn.Module):
-    """BCE with logits plus soft Dice over the whole batch (nnU-Net's "batch Dice").
-
-    Not the paper's loss (that is plain BCE, the default): an option for short runs, where
-    plain BCE on rare tumor pixels can settle on predicting background everywhere.
-
-    Example:
-        >>> loss = BceDiceLoss()(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))
-        >>> round(float(loss), 4)
-        1.0197
-    """
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
-        prob = torch.sigmoid(logits)
-        dice = (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-        return bce + 1 - dice
+from kidneyseg.figures import plot_loss_curves
+from kidneyseg.formats import run_dir as rd
+from kidneyseg.loaders import TrainingData, env_rank, prepare_training
+from kidneyseg.losses import build_loss
+from kidneyseg.models import build_model, save_checkpoint
+from kidneyseg.normalization import NormalizationRecord
+from kidneyseg.utils import package_version
 
 
 class SegmentationTask(L.LightningModule):
@@ -184,8 +70,8 @@ class SegmentationTask(L.LightningModule):
         super().__init__()
         self.cfg, self.phase = cfg, phase
         self.model: nn.Module = build_model(cfg.model)
-        self.loss_fn = BceDiceLoss() if cfg.train.loss == "bce_dice" else nn.BCEWithLogitsLoss()
-        self.augment = GpuAugment(cfg.data) if cfg.data.augment else None
+        self.loss_fn = build_loss(cfg.train.loss)
+        self.augment = BatchAugment(cfg.data) if cfg.data.augment else None
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -255,50 +141,6 @@ class SegmentationTask(L.LightningModule):
         }
 
 
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def plot_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Training and validation loss per epoch as a PNG (paper Fig. 6), written atomically.
-
-    Example:
-        >>> rows = [{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4}]
-        >>> plot_curves(rows, "curves.png")  # doctest: +SKIP
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # A bare Figure + Agg canvas: no pyplot global state, no display needed.
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    epochs = [int(r["epoch"]) for r in rows]
-    for key, label in (("train_loss", "training"), ("val_loss", "validation")):
-        values = [float(r[key]) if str(r[key]) not in ("", "nan") else math.nan for r in rows]
-        if not all(math.isnan(v) for v in values):
-            ax.plot(epochs, values, marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("BCE loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
 class RunRecorder(Callback):
     """Writes the run folder at the end of each epoch (rank 0): safetensors, CSV, curves.
 
@@ -311,7 +153,7 @@ class RunRecorder(Callback):
         directory: Path,
         cfg: Config,
         phase: str,
-        normalization: dict[str, Any],
+        normalization: NormalizationRecord,
         progress: bool,
     ) -> None:
         self.directory, self.cfg, self.phase = directory, cfg, phase
@@ -333,7 +175,7 @@ class RunRecorder(Callback):
         # Rows of epochs after the restored one belong to a run that died before saving them.
         done = trainer.current_epoch
         self.rows = [
-            r for r in _read_metrics(self.directory / "metrics.csv") if int(r["epoch"]) <= done
+            r for r in rd.read_metrics(self.directory / rd.METRICS_FILE) if int(r["epoch"]) <= done
         ]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -374,7 +216,7 @@ class RunRecorder(Callback):
         extra = {"epoch": epoch, "val_loss": val_loss, "train_loss": train_loss}
         model: nn.Module = pl_module.model  # type: ignore[assignment]
         save_checkpoint(
-            self.directory / "last.safetensors",
+            self.directory / rd.LAST_FILE,
             model,
             self.cfg,
             self.phase,
@@ -383,7 +225,7 @@ class RunRecorder(Callback):
         )
         if improved:
             save_checkpoint(
-                self.directory / "best.safetensors",
+                self.directory / rd.BEST_FILE,
                 model,
                 self.cfg,
                 self.phase,
@@ -391,8 +233,10 @@ class RunRecorder(Callback):
                 extra,
             )
         self.rows.append(row)
-        _write_metrics(self.directory / "metrics.csv", self.rows)
-        plot_curves(self.rows, self.directory / "curves.png", f"phase {self.phase}")
+        rd.write_metrics(self.directory / rd.METRICS_FILE, self.rows)
+        plot_loss_curves(
+            self.rows, self.directory / rd.CURVES_FILE, f"phase {self.phase}", self.cfg.train.loss
+        )
         if self.progress:
             from tqdm import tqdm
 
@@ -440,168 +284,6 @@ class TrainResult:
             f"{self.best_epoch}/{self.epochs} in {self.seconds:.0f} s; "
             f"checkpoint {self.best_checkpoint}"
         )
-
-
-@dataclass
-class TrainingSetup:
-    """Everything a fit needs, built and checked before anything is written."""
-
-    prep: PrepDir
-    phase: str
-    cfg: Config
-    hardware: Hardware
-    normalization: dict[str, Any]
-    train_set: SliceDataset
-    val_set: SliceDataset | None
-
-
-def _env_rank() -> int:
-    # Before Lightning starts, the launcher's variables are the only way to know the rank.
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0
-
-
-def _wait_for_regions(
-    regions_dir: Path, case_ids: list[str], checkpoint: str | Path, timeout_s: float = 86400
-) -> None:
-    """Other ranks wait until rank 0 has cached the regions of *this* phase-1 model."""
-    from kidneyseg.dataset import regions_ready
-
-    start = time.monotonic()
-    while not regions_ready(regions_dir, case_ids, checkpoint):
-        if time.monotonic() - start > timeout_s:
-            raise KidneysegError(
-                "timed out waiting for rank 0's predicted regions", path=regions_dir
-            )
-        time.sleep(2.0)
-
-
-def prepare_training(
-    prep_dir: str | Path,
-    phase: str,
-    cfg: Config,
-    regions_dir: Path | None = None,
-    kidney_model: str | Path | None = None,
-) -> TrainingSetup:
-    """Check inputs and build the datasets (predicting phase-1 regions when configured).
-
-    Raises:
-        KidneysegError: bad phase, not a preprocessed folder, no training cases or slices,
-            bad hardware settings.
-    """
-    if phase not in PHASES:
-        raise KidneysegError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
-    cfg = validate(cfg)
-    prep = open_prep_dir(prep_dir)
-    train_ids, val_ids = prep.split["train"], prep.split["val"]
-    if not train_ids:
-        raise KidneysegError(
-            "split.json lists no training cases; re-run preprocessing with "
-            "more cases or a larger train fraction",
-            path=prep.root / "split.json",
-        )
-    hardware = resolve_hardware(cfg)
-    norm = phase_norm_record(prep, phase, cfg.data)
-    predicted = phase == "tumor" and cfg.data.tumor_region == "predicted"
-    if kidney_model is not None and not predicted:
-        raise KidneysegError(
-            "a phase-1 model is only used with --phase tumor and --set data.tumor_region=predicted",
-            path=kidney_model,
-        )
-    if predicted:
-        if kidney_model is None or regions_dir is None:
-            raise KidneysegError(
-                "data.tumor_region=predicted needs the phase-1 model "
-                "(RUN_DIR/kidney/best.safetensors or --kidney-model)"
-            )
-        read_checkpoint_meta(kidney_model)  # fail early on a missing or foreign file
-        # Check the split's case files before spending time on predictions.
-        SliceDataset(prep, train_ids + val_ids, "kidney", cfg.data, norm)
-        if _env_rank() == 0:
-            device = "cuda" if hardware.cuda else "cpu"
-            predict_kidney_regions(
-                prep,
-                train_ids + val_ids,
-                kidney_model,
-                regions_dir,
-                device=device,
-                threshold=cfg.inference.threshold,
-            )
-        else:
-            _wait_for_regions(regions_dir, train_ids + val_ids, kidney_model)
-    train_set = SliceDataset(prep, train_ids, phase, cfg.data, norm, regions_dir)
-    if len(train_set) == 0:
-        where = "predicted by the phase-1 model" if predicted else "in the labels"
-        raise KidneysegError(
-            f"no training slice contains kidney ({where}): the tumor phase "
-            "trains on slices inside the kidney region",
-            path=prep.root,
-        )
-    val_set = SliceDataset(prep, val_ids, phase, cfg.data, norm, regions_dir) if val_ids else None
-    if val_set is not None and len(val_set) == 0:
-        val_set = None
-    return TrainingSetup(prep, phase, cfg, hardware, norm, train_set, val_set)
-
-
-def make_loaders(
-    setup: TrainingSetup, rank: int = 0, world_size: int = 1
-) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
-    """Training loader (foreground sampler, per-process batch) and validation loader.
-
-    Workers only copy and normalise slices (augmentation runs on the device); memory is pinned
-    for CUDA and workers persist across epochs.
-    """
-    cfg, hw = setup.cfg, setup.hardware
-    batch = cfg.train.batch_size // world_size
-    samples = max(cfg.data.samples_per_epoch or len(setup.train_set), cfg.train.batch_size)
-    samples -= samples % cfg.train.batch_size  # whole global batches (BatchNorm needs > 1)
-    sampler = ForegroundSampler(
-        setup.train_set.foreground,
-        samples,
-        cfg.data.foreground_fraction,
-        cfg.train.seed,
-        rank,
-        world_size,
-    )
-    workers = cfg.data.num_workers
-    common: dict[str, Any] = {
-        "num_workers": workers,
-        "pin_memory": hw.cuda,
-        "persistent_workers": workers > 0,
-    }
-    if workers > 0:
-        common["prefetch_factor"] = 4
-    train = DataLoader(setup.train_set, batch_size=batch, sampler=sampler, drop_last=True, **common)
-    val = None
-    if setup.val_set is not None:
-        # A fixed shuffled order: a capped number of validation batches still covers all cases.
-        order = np.random.default_rng(cfg.train.seed).permutation(len(setup.val_set))
-        val = DataLoader(
-            setup.val_set, batch_size=batch, sampler=order[rank::world_size].tolist(), **common
-        )
-    return train, val
-
-
-class _DataModule(L.LightningDataModule):
-    def __init__(self, setup: TrainingSetup) -> None:
-        super().__init__()
-        self.setup_ = setup
-        self._loaders: tuple[DataLoader[Any], DataLoader[Any] | None] | None = None
-
-    def _get(self) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
-        if self._loaders is None:
-            trainer = self.trainer
-            assert trainer is not None  # Lightning attaches it before asking for loaders
-            self._loaders = make_loaders(self.setup_, trainer.global_rank, trainer.world_size)
-        return self._loaders
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._get()[0]
-
-    def val_dataloader(self) -> Any:
-        return self._get()[1] or []
 
 
 @contextmanager
@@ -665,13 +347,13 @@ def train_phase(
         6
     """
     cfg = validate(cfg or Config())
-    out = Path(run_dir) / phase
-    last_ckpt = out / "last.ckpt"
+    out = rd.phase_dir(run_dir, phase)
+    last_ckpt = out / rd.RESUME_FILE
     if resume and not last_ckpt.is_file():
         raise KidneysegError(
             "nothing to resume (no last.ckpt); start without --resume", path=last_ckpt
         )
-    if not resume and (last_ckpt.is_file() or (out / "best.safetensors").is_file()):
+    if not resume and (last_ckpt.is_file() or (out / rd.BEST_FILE).is_file()):
         raise KidneysegError(
             f"already holds a trained {phase} phase; continue it with --resume "
             "or choose another RUN_DIR",
@@ -681,21 +363,26 @@ def train_phase(
         raise KidneysegError("RUN_DIR exists and is not a folder", path=run_dir)
     predicted = phase == "tumor" and cfg.data.tumor_region == "predicted"
     if predicted and kidney_model is None:
-        kidney_model = Path(run_dir) / "kidney" / "best.safetensors"
+        kidney_model = rd.best_checkpoint(run_dir, "kidney")
     setup = prepare_training(
-        prep_dir, phase, cfg, out / "regions" if predicted else None, kidney_model
+        prep_dir,
+        phase,
+        cfg,
+        out / rd.REGIONS_DIR if predicted else None,
+        kidney_model,
+        extra_prep_dir=out / rd.EXTRA_PREP_DIR,
     )
     hw = setup.hardware
-    rank0 = _env_rank() == 0
+    rank0 = env_rank() == 0
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(
             cfg,
-            out / "config.json",
+            out / rd.CONFIG_FILE,
             kidneyseg_version=package_version(),
             phase=phase,
             prep_dir=str(Path(prep_dir).resolve()),
-            normalization=setup.normalization,
+            normalization=setup.normalization.to_dict(),
         )
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     task = SegmentationTask(cfg, phase, channels_last=cfg.train.channels_last)
@@ -704,7 +391,7 @@ def train_phase(
     # overwritten at the end of every epoch (fsspec transaction: never half-written).
     resumable = ModelCheckpoint(
         dirpath=out,
-        filename="last",
+        filename=rd.RESUME_STEM,
         monitor=None,
         save_top_k=1,
         save_on_train_epoch_end=True,
@@ -739,7 +426,7 @@ def train_phase(
         try:
             trainer.fit(
                 task,
-                datamodule=_DataModule(setup),
+                datamodule=TrainingData(setup),
                 ckpt_path=str(last_ckpt) if resume else None,
                 weights_only=True,
             )
@@ -755,12 +442,12 @@ def train_phase(
                 file=sys.stderr,
             )
             raise KeyboardInterrupt from None
-    rows = _read_metrics(out / "metrics.csv")
+    rows = rd.read_metrics(out / rd.METRICS_FILE)
     return TrainResult(
         phase=phase,
         directory=out,
-        best_checkpoint=out / "best.safetensors",
-        last_checkpoint=out / "last.safetensors",
+        best_checkpoint=out / rd.BEST_FILE,
+        last_checkpoint=out / rd.LAST_FILE,
         best_epoch=recorder.best_epoch,
         best_val_loss=recorder.best_loss,
         epochs=int(rows[-1]["epoch"]) if rows else 0,

@@ -1,13 +1,18 @@
-"""Small helpers shared by every stage: atomic writes, version info."""
+"""Small helpers shared by every stage: atomic writes, output folders, process pools, versions."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from kidneyseg import __version__
+from kidneyseg.errors import KidneysegError
 
 
 def _umask() -> int:
@@ -50,12 +55,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write bytes to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it becomes ``path`` only on success.
@@ -77,15 +76,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def package_version() -> str:
-    from kidneyseg import __version__
+    """The installed kidneyseg version, as written into outputs and checkpoints.
 
+    Example:
+        >>> package_version() == __version__
+        True
+    """
     return __version__
 
 
 def check_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and check it is a writable folder (clear error otherwise)."""
-    from kidneyseg.errors import KidneysegError
+    """Create ``path`` if needed and check it is a writable folder (clear error otherwise).
 
+    Raises:
+        KidneysegError: it cannot be created, is not a folder, or is not writable.
+
+    Example:
+        >>> out = check_writable_dir("runs/preds")  # doctest: +SKIP
+    """
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -96,6 +104,35 @@ def check_writable_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK):
         raise KidneysegError("output folder is not writable", path=p)
     return p
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` worker processes, always started with "spawn".
+
+    Each worker is a fresh interpreter that imports what it needs. Never "fork": a forked
+    child copies the parent's locks but not its threads, so when the parent holds torch,
+    OpenMP or ITK thread pools (every stage after reading a file does) the child can deadlock
+    on a lock a vanished thread held. Spawn costs a second or so per worker to start.
+
+    Because each worker imports the calling script as a module, a script that uses the pool
+    (directly or through a kidneyseg function) must start its work under an
+    ``if __name__ == "__main__":`` guard, or every worker would run the script again. The
+    submitted function and its arguments must be picklable (module-level functions).
+
+    Args:
+        workers: number of worker processes (at least 1).
+
+    Returns:
+        The executor; use it as a context manager so the workers are shut down.
+
+    Example:
+        >>> if __name__ == "__main__":  # doctest: +SKIP
+        ...     with process_pool(4) as pool:
+        ...         sizes = list(pool.map(os.path.getsize, paths))
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def cpu_has_native_bf16() -> bool:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-#: Subcommand modules, in the order of the pipeline. A name is listed only once it works.
+from kidneyseg import __version__
+from kidneyseg.errors import KidneysegError
+
+#: Subcommand modules, in the order of the pipeline; each must import (a broken one fails loudly).
 SUBCOMMANDS = (
     "info",
     "phantoms",
@@ -51,8 +55,12 @@ def add_config_options(parser: argparse.ArgumentParser, presets: bool = True) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kidneyseg import __version__
+    """The ``kidneyseg`` parser with every subcommand registered.
 
+    Example:
+        >>> build_parser().parse_args(["info", "ct.nii.gz"]).command
+        'info'
+    """
     parser = argparse.ArgumentParser(
         prog="kidneyseg",
         description="Kidney and kidney-tumor segmentation in abdominal CT (two-phase 2D U-Net).",
@@ -61,20 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"kidneyseg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"kidneyseg.cli.{name}":
-                continue  # not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"kidneyseg.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kidneyseg`` console script; returns the exit status."""
-    from kidneyseg.errors import KidneysegError
+    """Entry point of the ``kidneyseg`` console script; returns the exit status.
 
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success, 2 on a `KidneysegError` (printed as one line) or bad usage, 130 when
+        interrupted, 141 when the output pipe closed.
+
+    Example:
+        >>> main(["info", "case_00000/imaging.nii.gz"])  # doctest: +SKIP
+        0
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -92,8 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # Output piped into e.g. `head`, which stopped reading: not an error of ours.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return int(result or 0)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from kidneyseg.data.download import download_dataset
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``download`` subcommand."""
     p = sub.add_parser(
         "download",
         help="download KiTS21/KiTS23 imaging and labels (resumable, verified)",
@@ -46,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kidneyseg.data.download import download_dataset
-
+    """Handler: download the requested cases and say how many are complete."""
     cases = download_dataset(
         args.dataset,
         args.dest,

@@ -25,9 +25,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kidneyseg.evaluation import evaluate, format_table
+    from kidneyseg.formats.eval_dir import PER_CASE_FILE, SUMMARY_FILE, SUMMARY_MD_FILE
 
     summary = evaluate(args.pred_dir, args.gt_dir, args.out_dir, workers=args.workers)
     print(format_table(summary))
     out = Path(args.out_dir).resolve()
-    print(f"wrote {out / 'per_case.csv'}, {out / 'summary.json'} and {out / 'summary.md'}")
+    print(f"wrote {out / PER_CASE_FILE}, {out / SUMMARY_FILE} and {out / SUMMARY_MD_FILE}")
     return 0

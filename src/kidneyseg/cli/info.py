@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kidneyseg.io import volume_info
+
 _LABEL_RULE = (
     "An image counts as a label map when its values are all whole numbers in 0-3 "
     "(integer type, or float holding only 0/1/2/3); --labels forces it (values outside 0-3 "
@@ -59,8 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: read the file and print its summary."""
-    from kidneyseg.io import volume_info
-
     info = volume_info(args.path, labels=args.labels, series=args.series)
     print(json.dumps(info) if args.json else format_info(info))
     return 0

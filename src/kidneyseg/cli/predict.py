@@ -76,20 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _split_cases(path: str, subset: str) -> list[str]:
-    import json
-    from pathlib import Path
-
     from kidneyseg.errors import KidneysegError
+    from kidneyseg.formats.prep_dir import read_split
 
-    try:
-        split = json.loads(Path(path).read_text(encoding="utf-8"))
-        cases = split[subset]
-    except FileNotFoundError as exc:
-        raise KidneysegError("split file not found", path=path) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KidneysegError(f"not a split file with a {subset!r} list", path=path) from exc
-    if not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
-        raise KidneysegError(f"{subset!r} must be a list of case ids", path=path)
+    cases = list(read_split(path).subset(subset))
     if not cases:
         raise KidneysegError(f"the {subset!r} subset is empty", path=path)
     return cases

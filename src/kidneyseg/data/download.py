@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import threading
 import time
 import zlib
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from kidneyseg.data.kits import IMAGE_NAME, KitsCase
 from kidneyseg.errors import KidneysegError
+from kidneyseg.utils import check_writable_dir
 
 IMAGING_URL = "https://kits19.sfo2.digitaloceanspaces.com/master_{case:05d}.nii.gz"
 KITS21_LABEL_URL = (
@@ -192,8 +194,6 @@ def download_dataset(
         >>> download_dataset("kits21", "kits21", cases="0-1", workers=2)  # doctest: +SKIP
     """
     from tqdm import tqdm
-
-    from kidneyseg.utils import check_writable_dir
 
     spec = _spec(dataset)
     numbers = parse_cases(cases, dataset)
@@ -374,8 +374,6 @@ def _verify_gzip_nifti(path: Path) -> None:
     Raises:
         ValueError: not gzip, truncated, bad CRC, or not NIfTI-1/2 inside.
     """
-    import struct
-
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip wrapper, checks the trailer
     head = b""
     with path.open("rb") as f:

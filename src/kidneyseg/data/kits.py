@@ -17,9 +17,10 @@ from pathlib import Path
 
 from kidneyseg.errors import KidneysegError
 
+#: The imaging file of a case folder.
 IMAGE_NAME = "imaging.nii.gz"
-#: Label file names in order of preference.
-LABEL_NAMES = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
+#: Label *file* names in order of preference (label ids -> names: `kidneyseg.types.LABEL_NAMES`).
+LABEL_FILES = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,13 @@ class KitsCase:
 
 
 def label_file(case_dir: Path) -> Path | None:
-    """The label file of a case folder (KiTS21 name first), or None."""
-    for name in LABEL_NAMES:
+    """The label file of a case folder (KiTS21 name first), or None.
+
+    Example:
+        >>> label_file(Path("kits23/dataset/case_00000")).name  # doctest: +SKIP
+        'segmentation.nii.gz'
+    """
+    for name in LABEL_FILES:
         if (case_dir / name).is_file():
             return case_dir / name
     return None
@@ -45,9 +51,20 @@ def find_cases(data_dir: str | Path, require_labels: bool = True) -> list[KitsCa
     Accepts the folder holding ``case_*`` folders, or a KiTS repository root with a
     ``dataset/`` folder inside.
 
+    Args:
+        data_dir: the folder of ``case_*`` folders, or a KiTS repository root.
+        require_labels: refuse a case with imaging but no label file.
+
+    Returns:
+        One `KitsCase` per case folder that holds ``imaging.nii.gz``.
+
     Raises:
         KidneysegError: the folder is missing, holds no case, or (with ``require_labels``)
             a case has imaging but no label file.
+
+    Example:
+        >>> [c.case_id for c in find_cases("data/kits23")][:2]  # doctest: +SKIP
+        ['case_00000', 'case_00001']
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -62,7 +79,7 @@ def find_cases(data_dir: str | Path, require_labels: bool = True) -> list[KitsCa
         label = label_file(case_dir)
         if label is None and require_labels:
             raise KidneysegError(
-                f"case has {IMAGE_NAME} but no label file ({' or '.join(LABEL_NAMES)})",
+                f"case has {IMAGE_NAME} but no label file ({' or '.join(LABEL_FILES)})",
                 path=case_dir,
             )
         cases.append(KitsCase(case_dir.name, image, label))

@@ -1,4 +1,4 @@
-"""In-plane resizing of axial slices, shared by training and inference.
+"""In-plane resizing of axial slices to and from the model size, shared by training and inference.
 
 Training resizes every canonical axial slice ``(y, x)`` to ``image_size x image_size``
 (paper: native 512x512); inference does the same to the CT and resizes the logits back to the

@@ -1,0 +1,93 @@
+"""The model folder ``RUN_DIR``: names, readers and writers of each phase's outputs.
+
+Layout (docs/formats.md "Model folder")::
+
+    RUN_DIR/<phase>/best.safetensors   weights with the best validation loss (prediction uses it)
+    RUN_DIR/<phase>/last.safetensors   weights at the end of the last finished epoch
+    RUN_DIR/<phase>/last.ckpt          Lightning state for --resume
+    RUN_DIR/<phase>/metrics.csv        one row per epoch (`METRICS_COLUMNS`)
+    RUN_DIR/<phase>/curves.png         training/validation loss (paper Fig. 6)
+    RUN_DIR/<phase>/config.json        resolved config + package version
+    RUN_DIR/tumor/regions/             cached phase-1 regions (data.tumor_region=predicted)
+    RUN_DIR/<phase>/extra_prep/        preprocessed data.extra_cases (a KiTS-layout folder)
+
+The checkpoint file format itself (safetensors + JSON header) belongs to `kidneyseg.models`.
+
+Example:
+    >>> best_checkpoint("run", "kidney").as_posix()
+    'run/kidney/best.safetensors'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kidneyseg.errors import KidneysegError
+from kidneyseg.types import PHASES
+from kidneyseg.utils import atomic_write_text
+
+BEST_FILE = "best.safetensors"
+LAST_FILE = "last.safetensors"
+RESUME_FILE = "last.ckpt"
+#: Lightning's checkpoint file name stem (``RESUME_FILE`` without ``.ckpt``).
+RESUME_STEM = "last"
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.json"
+REGIONS_DIR = "regions"
+#: The preprocessed ``data.extra_cases`` when they were given as a KiTS-layout folder.
+EXTRA_PREP_DIR = "extra_prep"
+#: Columns of ``metrics.csv``.
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "slices_per_s")
+
+
+def phase_dir(run_dir: str | Path, phase: str) -> Path:
+    """``RUN_DIR/<phase>``."""
+    if phase not in PHASES:
+        raise KidneysegError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    return Path(run_dir) / phase
+
+
+def best_checkpoint(run_dir: str | Path, phase: str) -> Path:
+    """``RUN_DIR/<phase>/best.safetensors`` (the checkpoint prediction uses)."""
+    return phase_dir(run_dir, phase) / BEST_FILE
+
+
+def require_best_checkpoint(run_dir: str | Path, phase: str) -> Path:
+    """The phase's best checkpoint, or a one-line error saying how to make it."""
+    path = best_checkpoint(run_dir, phase)
+    if not path.is_file():
+        raise KidneysegError(
+            f"model folder has no {phase}/{BEST_FILE}; train it with "
+            f"`kidneyseg train PREP_DIR {run_dir} --phase {phase}`",
+            path=run_dir,
+        )
+    return path
+
+
+def phase_trained(run_dir: str | Path, phase: str) -> bool:
+    """True when the phase has a best checkpoint and its metrics (a finished or reusable run)."""
+    d = phase_dir(run_dir, phase)
+    return (d / BEST_FILE).is_file() and (d / METRICS_FILE).is_file()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``metrics.csv`` as strings (``[]`` when the file does not exist yet)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with p.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_metrics(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``metrics.csv`` atomically with the `METRICS_COLUMNS` header."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,185 @@
+"""One phase of the cascade, loaded from its checkpoint and run on axial slices.
+
+The single place that turns a checkpoint into masks: `kidneyseg.inference.Predictor` uses it
+for both phases, and `kidneyseg.regions` uses it to make the phase-1 regions that phase-2
+training sees with ``data.tumor_region=predicted``, so both sides segment exactly alike:
+
+1. HU of the canonical slices normalised with the checkpoint's `NormalizationRecord` (phase 2:
+   CT x kidney region);
+2. resized to the checkpoint's ``data.image_size`` (`kidneyseg.resize`), batched, channels_last
+   (not on MPS), autocast at the resolved precision (`kidneyseg.hardware`);
+3. logits resized back to the slice and thresholded: ``logit > log(t / (1 - t))``, the same as
+   ``sigmoid > t`` without a sigmoid over every pixel.
+
+Example:
+    >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
+    >>> masks = runner.segment(ct, np.arange(len(ct)))  # doctest: +SKIP
+    >>> masks.shape == ct.shape, masks.dtype  # doctest: +SKIP
+    (True, dtype('bool'))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from kidneyseg.config import Config
+from kidneyseg.errors import KidneysegError
+from kidneyseg.hardware import autocast, resolve_precision
+from kidneyseg.models import CheckpointMeta, load_checkpoint
+from kidneyseg.normalization import NormalizationRecord, normalize
+from kidneyseg.resize import from_model_size, to_model_size
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit equivalent of a probability threshold: ``sigmoid(z) > t <=> z > logit(t)``.
+
+    Example:
+        >>> logit_threshold(0.5)
+        0.0
+    """
+    if not 0.0 < threshold < 1.0:
+        raise KidneysegError(f"threshold must be in (0, 1) (got {threshold})")
+    return math.log(threshold / (1.0 - threshold))
+
+
+class PhaseRunner:
+    """A phase's network with its checkpoint metadata, ready to segment canonical slices.
+
+    Args:
+        model: the network (eval mode).
+        meta: the checkpoint's metadata.
+        device: where to run.
+        precision: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``).
+        batch_size: slices per forward pass.
+        threshold: probability threshold on the sigmoid output.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: CheckpointMeta,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int = 16,
+        threshold: float = 0.5,
+    ) -> None:
+        self.meta = meta
+        self.model = model
+        self.configure(torch.device(device), precision, batch_size, threshold)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        phase: str,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int = 16,
+        threshold: float = 0.5,
+    ) -> PhaseRunner:
+        """Load a checkpoint and check it is a 1-channel, 1-logit model of ``phase``.
+
+        Raises:
+            KidneysegError: missing, corrupt or foreign checkpoint, or one of another phase.
+        """
+        model, meta = load_checkpoint(path, device="cpu")
+        if meta.phase != phase:
+            raise KidneysegError(
+                f"checkpoint is for phase {meta.phase!r}, expected {phase!r}", path=path
+            )
+        if meta.normalization.phase != phase:
+            raise KidneysegError(f"checkpoint has no valid {phase} normalisation record", path=path)
+        if meta.config.model.in_channels != 1 or meta.config.model.classes != 1:
+            raise KidneysegError("checkpoint is not a 1-channel, 1-logit model", path=path)
+        return cls(model, meta, device, precision, batch_size, threshold)
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def phase(self) -> str:
+        return self.meta.phase
+
+    @property
+    def config(self) -> Config:
+        return self.meta.config
+
+    @property
+    def normalization(self) -> NormalizationRecord:
+        return self.meta.normalization
+
+    @property
+    def image_size(self) -> int:
+        return self.meta.config.data.image_size
+
+    def configure(
+        self, device: torch.device, precision: str, batch_size: int, threshold: float
+    ) -> PhaseRunner:
+        """Set how to run: move the network to ``device`` (channels_last except on MPS), resolve
+        ``precision`` for it, and set the batch size and probability threshold."""
+        if batch_size < 1:
+            raise KidneysegError(f"batch size must be >= 1 (got {batch_size})")
+        self.batch_size = int(batch_size)
+        self.threshold = float(threshold)
+        self._logit_threshold = logit_threshold(threshold)
+        self.device = device
+        self.precision = resolve_precision(precision, device.type)
+        model = self.model.to(device)
+        if device.type != "mps":  # MPS convolutions do not all support channels_last
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
+        return self
+
+    # ---------------------------------------------------------------- running
+
+    def segment(
+        self,
+        ct: npt.NDArray[Any],
+        slices: npt.NDArray[np.intp],
+        region: npt.NDArray[np.bool_] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> npt.NDArray[np.bool_]:
+        """Binary masks of this phase on the given canonical axial slices.
+
+        Args:
+            ct: canonical ``(z, y, x)`` HU (any dtype; a memory map is fine).
+            slices: indices along z to segment.
+            region: phase 2's kidney region, canonical like ``ct`` (required for the tumor
+                phase).
+            progress: called with the number of slices done after each batch.
+
+        Returns:
+            bool ``(len(slices), y, x)``.
+        """
+        height, width = ct.shape[1:]
+        out = np.empty((len(slices), height, width), dtype=bool)
+        if len(slices) == 0:
+            return out
+        cuda = self.device.type == "cuda"
+        contiguous = bool(np.all(np.diff(slices) == 1))
+        with torch.inference_mode():
+            for start in range(0, len(slices), self.batch_size):
+                idx = slices[start : start + self.batch_size]
+                # A plain slice of the canonical view avoids fancy-indexing copies for phase 1.
+                sel: Any = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
+                mask = None if region is None else region[sel]
+                x = normalize(np.asarray(ct[sel]), self.normalization, mask)
+                batch = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
+                batch = batch.to(self.device, non_blocking=cuda)
+                batch = to_model_size(batch, self.image_size)
+                if self.device.type != "mps":
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.precision):
+                    logits = self.model(batch)
+                logits = from_model_size(logits.float(), (height, width))
+                masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
+                out[start : start + len(idx)] = masks
+                if progress is not None:
+                    progress(len(idx))
+        return out

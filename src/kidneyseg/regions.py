@@ -1,0 +1,120 @@
+"""Phase-1 kidney regions for phase-2 training (``data.tumor_region = "predicted"``).
+
+Phase 2 can train on the kidney regions phase 1 predicts, as the cascade sees them at
+inference. `predict_kidney_regions` makes them with the same `PhaseRunner` as
+`kidneyseg.inference.Predictor`, once per case, and caches them in ``RUN_DIR/tumor/regions/``:
+
+* ``<case_id>.npy``: uint8 0/1, canonical ``(z, y, x)``, the case's shape;
+* ``<case_id>.slices.npy``: region pixels per slice (int64);
+* ``source.json``: the phase-1 checkpoint and its SHA-256 (another model empties the cache).
+
+Example:
+    >>> predict_kidney_regions(prep, prep.split.train, "run/kidney/best.safetensors",
+    ...                        "run/tumor/regions")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kidneyseg.errors import KidneysegError
+from kidneyseg.formats.prep_dir import PrepDir
+from kidneyseg.models import read_checkpoint_meta
+from kidneyseg.phase_runner import PhaseRunner
+from kidneyseg.utils import atomic_path, atomic_write_text
+
+SOURCE_FILE = "source.json"
+
+
+def region_files(regions_dir: str | Path, case_id: str) -> tuple[Path, Path]:
+    """``(<case_id>.npy, <case_id>.slices.npy)`` in a regions folder."""
+    d = Path(regions_dir)
+    return d / f"{case_id}.npy", d / f"{case_id}.slices.npy"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def regions_complete(regions_dir: str | Path, case_ids: Sequence[str]) -> bool:
+    """True when ``regions_dir`` holds a predicted region for every case."""
+    return all(all(f.is_file() for f in region_files(regions_dir, c)) for c in case_ids)
+
+
+def _recorded_digest(regions_dir: Path) -> str | None:
+    source = regions_dir / SOURCE_FILE
+    if not source.is_file():
+        return None
+    try:
+        value = json.loads(source.read_text(encoding="utf-8")).get("sha256")
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def regions_ready(regions_dir: str | Path, case_ids: Sequence[str], checkpoint: str | Path) -> bool:
+    """True when ``regions_dir`` holds every case's region, predicted by ``checkpoint``."""
+    if not regions_complete(regions_dir, case_ids):
+        return False
+    return _recorded_digest(Path(regions_dir)) == file_digest(Path(checkpoint))
+
+
+def predict_kidney_regions(
+    prep: PrepDir,
+    case_ids: Sequence[str],
+    checkpoint: str | Path,
+    regions_dir: str | Path,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    precision: str = "auto",
+) -> Path:
+    """Predict phase 1's kidney region of each case once and cache it (for phase-2 training).
+
+    Cases already cached are skipped; each file is written atomically.
+
+    Raises:
+        KidneysegError: the checkpoint is missing, corrupt or not a phase-1 model.
+    """
+    checkpoint, out = Path(checkpoint), Path(regions_dir)
+    phase = read_checkpoint_meta(checkpoint).phase
+    if phase != "kidney":
+        raise KidneysegError(
+            f"predicted regions need a phase-1 (kidney) model, this one is phase {phase!r}",
+            path=checkpoint,
+        )
+    runner = PhaseRunner.load(
+        checkpoint, "kidney", torch.device(device), precision, batch_size, threshold
+    )
+    digest = file_digest(checkpoint)
+    recorded = _recorded_digest(out)
+    if recorded is not None and recorded != digest:
+        shutil.rmtree(out)  # regions of another phase-1 model: stale
+    if regions_complete(out, case_ids) and recorded == digest:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    source = {"checkpoint": str(checkpoint.resolve()), "sha256": digest}
+    atomic_write_text(out / SOURCE_FILE, json.dumps(source, indent=2) + "\n")
+    for case_id in case_ids:
+        if regions_complete(out, [case_id]):
+            continue
+        image = np.load(prep.case_files(case_id)[0], mmap_mode="r")
+        region = runner.segment(image, np.arange(image.shape[0])).astype(np.uint8)
+        region_path, slices_path = region_files(out, case_id)
+        with atomic_path(region_path) as tmp, tmp.open("wb") as f:
+            np.save(f, region)
+        with atomic_path(slices_path) as tmp, tmp.open("wb") as f:
+            np.save(f, region.reshape(len(region), -1).sum(axis=1, dtype=np.int64))
+    return out
