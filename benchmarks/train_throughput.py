@@ -29,8 +29,8 @@ import torch
 
 from kidneyseg.config import resolve_config
 from kidneyseg.data.phantoms import write_cohort
-from kidneyseg.preprocessing import preprocess
 from kidneyseg.loaders import make_loaders, prepare_training
+from kidneyseg.preprocessing import preprocess
 from kidneyseg.training import SegmentationTask
 
 

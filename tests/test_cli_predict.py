@@ -62,7 +62,7 @@ def test_kits_folder_bad_case_reported_others_done(
     assert _predict(data, out, "--model", run_dir, "--stats", stats) == 1
     captured = capsys.readouterr()
     assert _files(out) == ["case_00000.nii.gz", "case_00002.nii.gz"]
-    assert "case_00001/imaging.nii.gz: values lie in" in captured.err
+    assert "case_00001/imaging.nii.gz: not CT in HU: values lie in" in captured.err
     assert "2 predicted, 0 skipped (already done), 1 failed" in captured.out
     for case in ("case_00000", "case_00002"):
         ct = read_image(data / case / "imaging.nii.gz")

@@ -18,8 +18,8 @@ from kidneyseg.config import DataConfig
 from kidneyseg.dataset import ForegroundSampler, SliceDataset, phase_norm_record
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import open_prep_dir
-from kidneyseg.regions import predict_kidney_regions
 from kidneyseg.normalization import NormalizationRecord, hu_histogram
+from kidneyseg.regions import predict_kidney_regions
 
 KIDNEY_HU, TUMOR_HU, CYST_HU, BODY_HU = 180, 70, 10, 40
 

@@ -20,8 +20,7 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import label_statistics
 from kidneyseg.inference import Predictor
 from kidneyseg.inputs import find_inputs, parse_shard, plan_prediction
-from kidneyseg.io import check_hounsfield
-from kidneyseg.io import read_image, read_labels, write_volume
+from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
 from kidneyseg.models import build_model, save_checkpoint
 from kidneyseg.normalization import NormalizationRecord
 from kidneyseg.types import Volume, from_canonical
@@ -122,7 +121,7 @@ def write_dicom_series(volume: Volume, folder: Path) -> Path:
     """A classic one-slice-per-file CT series of ``volume`` (axial axis last, LPS directions)."""
     import SimpleITK as sitk
 
-    from kidneyseg.io import to_sitk
+    from kidneyseg.sitk import to_sitk
 
     folder.mkdir(parents=True)
     image = sitk.Cast(to_sitk(volume), sitk.sitkInt16)

@@ -13,9 +13,9 @@ from kidneyseg.cli import main
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.data.kits import KitsCase
 from kidneyseg.errors import KidneysegError
+from kidneyseg.formats.prep_dir import CASE_FILES, read_split_file, restore_geometry
 from kidneyseg.io import read_image, read_labels, write_volume
 from kidneyseg.normalization import HIST_BINS, hu_histogram, phase_normalization
-from kidneyseg.formats.prep_dir import CASE_FILES, read_split_file, restore_geometry
 from kidneyseg.preprocessing import make_split, preprocess, process_case, split_counts, to_c_order
 from kidneyseg.types import Volume
 

@@ -17,9 +17,9 @@ import torch
 
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.errors import KidneysegError
-from kidneyseg.models import load_checkpoint, read_checkpoint_meta
 from kidneyseg.formats.run_dir import METRICS_COLUMNS
 from kidneyseg.hardware import resolve_hardware
+from kidneyseg.models import load_checkpoint, read_checkpoint_meta
 from kidneyseg.training import train_phase
 from test_dataset import write_prep_dir
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from kidneyseg.data.kits import IMAGE_NAME, find_cases
 from kidneyseg.errors import KidneysegError
+from kidneyseg.filetypes import IMAGE_SUFFIXES, WRITE_SUFFIXES, case_id_from_path, is_image_file
 from kidneyseg.formats.pred_dir import output_path
-from kidneyseg.io import IMAGE_SUFFIXES, WRITE_SUFFIXES, case_id_from_path, is_image_file
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:

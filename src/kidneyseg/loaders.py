@@ -237,11 +237,11 @@ def add_extra_cases(setup: TrainingSetup, extra: PrepDir) -> None:
             f"data.extra_cases: no {phase}-phase training slices among the extra cases",
             path=extra.root,
         )
-    main_train = setup.train_set
-    setup.train_set = ConcatDataset([main_train, extra_train])
+    n_main = len(setup.foreground)
+    setup.train_set = ConcatDataset([setup.train_set, extra_train])
     setup.foreground = np.concatenate([setup.foreground, extra_train.foreground])
     setup.sources = np.concatenate(
-        [np.zeros(len(main_train), np.int64), np.ones(len(extra_train), np.int64)]
+        [np.zeros(n_main, np.int64), np.ones(len(extra_train), np.int64)]
     )
     weight = cfg.data.extra_weight
     setup.source_weights = (1.0 - weight, weight)

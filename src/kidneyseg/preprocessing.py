@@ -14,7 +14,8 @@ folder: the patient-level split (``split.json``), HU histograms of the *training
   message, and cases already finished stay valid. (As with any spawned multiprocessing, a script
   that calls `preprocess` with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.)
 * **Checks.** Each case's label map must lie on its image's grid and hold ids 0-3; the image must
-  be finite and look like CT in HU (`kidneyseg.io.check_hounsfield`, the rule predict applies too); every error is one line naming the file.
+  be finite and look like CT in HU (`kidneyseg.io.check_hounsfield`, the rule predict applies
+  too); every error is one line naming the file.
 * **Completion marker.** ``meta.json`` is removed once the inputs are validated and written last,
   so a folder with ``meta.json`` is complete and consistent.
 
@@ -230,8 +231,9 @@ def _case_record(case: KitsCase, image: Volume, shape: tuple[int, ...]) -> dict[
     ``shape``/``spacing_mm`` are canonical ``(z, y, x)``; ``original`` is the source file's grid:
     ``shape``/``spacing`` in its index order, ``origin`` (LPS mm), ``direction`` (row-major 3x3,
     column c = LPS direction of index axis c, as `Volume.direction`) and ``axcodes``;
-    `kidneyseg.formats.prep_dir.restore_geometry` uses it to put a canonical array back on that grid. ``source_stamp``
-    (size, mtime in ns of each source file) tells a rerun whether the case is still current.
+    `kidneyseg.formats.prep_dir.restore_geometry` uses it to put a canonical array back on that
+    grid. ``source_stamp`` (size, mtime in ns of each source file) tells a rerun whether the case
+    is still current.
     """
     assert case.label is not None
     return {
@@ -285,7 +287,9 @@ def process_case(case: KitsCase, cases_dir: str | Path) -> dict[str, Any]:
             np.save(tmp / pd.IMAGE_FILE, hu)
             np.save(tmp / pd.LABEL_FILE, lab)
             np.save(tmp / pd.SLICES_FILE, slices.astype(np.int64, copy=False))
-            np.savez(tmp / pd.CASE_HISTOGRAM_FILE, **hists)
+            np.savez(
+                tmp / pd.CASE_HISTOGRAM_FILE, all=hists["all"], kidney_region=hists["kidney_region"]
+            )
             text = json.dumps(record, indent=2) + "\n"
             (tmp / pd.CASE_RECORD_FILE).write_text(text, encoding="utf-8")
     except OSError as exc:
@@ -427,7 +431,7 @@ def preprocess(
         "tumor": phase_normalization(hists, "tumor", cfg.data.tumor_window),
     }
     with atomic_path(prep / pd.HISTOGRAM_FILE) as tmp:
-        np.savez(tmp, **hists)
+        np.savez(tmp, all=hists["all"], kidney_region=hists["kidney_region"])
     pd.write_split(prep, split)
     meta = {
         "kidneyseg_version": package_version(),

@@ -298,12 +298,15 @@ def hollow_chain(
     wall_hu: float,
     content: Callable[[Box, Mask], float | Array],
     organ: str,
+    into_fat: bool = True,
 ) -> None:
     """A hollow tube along a polyline (bowel, stomach): all walls first, then all lumens.
 
     Painting every wall before any lumen keeps the lumen open across the joints. ``radii`` give
     the outer radius at each point (linear in between); ``content(box, lumen)`` returns the
     lumen's HU (a number or an array over the box: gas above a fluid level, contrast, faeces).
+    With ``into_fat`` the tube only replaces fat (HU -200..-30 before it is painted), so bowel
+    moulds itself around the solid organs painted before it instead of cutting into them.
     """
     parts = []
     for i in range(len(points) - 1):
@@ -313,7 +316,14 @@ def hollow_chain(
             continue
         box, dist2, t = found
         r = np.float32(r0) + np.float32(r1 - r0) * t
-        parts.append((box, dist2 < r * r, dist2 < np.maximum(r - np.float32(wall), 0.5) ** 2))
+        outer = dist2 < r * r
+        lumen = dist2 < np.maximum(r - np.float32(wall), 0.5) ** 2
+        if into_fat:
+            before = canvas.hu[box]
+            allowed = (before > -200) & (before < -30)
+            outer &= allowed
+            lumen &= allowed
+        parts.append((box, outer, lumen))
     for box, outer, _ in parts:
         canvas.paint(box, outer, wall_hu, organ=organ)
     for box, _, lumen in parts:
