@@ -10,7 +10,7 @@ import pytest
 from kidneyseg.errors import KidneysegError
 from kidneyseg.io import write_volume
 from kidneyseg.loaders import make_loaders, prepare_training
-from kidneyseg.preprocessing import make_split
+from kidneyseg.splitting import make_split
 from kidneyseg.training import train_phase
 from kidneyseg.types import Volume
 from test_dataset import write_prep_dir

@@ -16,7 +16,8 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import CASE_FILES, read_split_file, restore_geometry
 from kidneyseg.io import read_image, read_labels, write_volume
 from kidneyseg.normalization import HIST_BINS, hu_histogram, phase_normalization
-from kidneyseg.preprocessing import make_split, preprocess, process_case, split_counts, to_c_order
+from kidneyseg.preprocessing import preprocess, process_case, to_c_order
+from kidneyseg.splitting import make_split, split_counts
 from kidneyseg.types import Volume
 
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))

@@ -24,6 +24,7 @@ from typing import Any
 import tomllib
 
 from kidneyseg.errors import KidneysegError
+from kidneyseg.utils import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,5 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def dump_config(cfg: Config, path: str | Path, **extra: Any) -> None:
     """Write the resolved config (plus e.g. the package version) as JSON, atomically."""
-    from kidneyseg.utils import atomic_write_text
-
     payload = {"config": config_to_dict(cfg), **extra}
     atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")

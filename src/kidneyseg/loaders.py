@@ -31,8 +31,9 @@ from kidneyseg.formats.prep_dir import META_FILE, PrepDir, open_prep_dir
 from kidneyseg.hardware import Hardware, resolve_hardware
 from kidneyseg.models import read_checkpoint_meta
 from kidneyseg.normalization import NormalizationRecord
-from kidneyseg.preprocessing import patient_id, preprocess
+from kidneyseg.preprocessing import preprocess
 from kidneyseg.regions import predict_kidney_regions, regions_ready
+from kidneyseg.splitting import patient_id
 from kidneyseg.types import PHASES
 
 

@@ -293,7 +293,7 @@ def paint_spine(
         tp_len = _TP_REACH[name] * tp_scale
         ax = np.abs(X)
         tp = (ax > b.canal_rx) & (ax < tp_len)
-        tp &= np.abs(Y - (b.canal_y - 1 + 0.12 * (ax - b.canal_rx))) < tp_t / 2
+        tp = tp & (np.abs(Y - (b.canal_y - 1 + 0.12 * (ax - b.canal_rx))) < tp_t / 2)
         templates[name] = {
             "outer": (d < 1) & flat,
             "inner": (d < (1 - shell / ry) ** 2) & flat & (Y < b.vb_y + 0.85 * ry - shell),

@@ -115,7 +115,7 @@ class Canvas:
 
         ``value`` is a number or a 2D array over the whole slice.
         """
-        if not mask2d.any() or zs.start == zs.stop:
+        if not mask2d.any() or not len(range(*zs.indices(self.hu.shape[0]))):
             return
         v = value if np.isscalar(value) else np.asarray(value)[mask2d]
         self.hu[zs][:, mask2d] = v
