@@ -45,9 +45,11 @@ def test_single_file(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert labels.same_geometry(ct)
     np.testing.assert_array_equal(labels.array, expected_labels(ct.array))
     assert "1 predicted, 0 skipped" in capsys.readouterr().out
-    # One CT with an explicit output file is always predicted again (nothing to resume).
-    assert _predict(src, out, "--model", run_dir) == 0
+    # One CT with an explicit output file: replaced only with --overwrite (issue 13).
+    assert _predict(src, out, "--model", run_dir, "--overwrite") == 0
     assert "1 predicted" in capsys.readouterr().out
+    assert _predict(src, out, "--model", run_dir) == 2
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_kits_folder_bad_case_reported_others_done(

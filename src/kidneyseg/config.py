@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,14 @@ class InferenceConfig:
     precision: str = "auto"
     #: Probability threshold on the sigmoid outputs.
     threshold: float = 0.5
+    #: "fast": a coarse pass finds the kidneys, then both phases run only on crops around them
+    #: (measured: same labels as "naive" to within the README's Dice); "naive": every axial
+    #: slice, whole (the paper's cascade as written).
+    mode: str = "fast"
+    #: Fast mode: axial step (mm) of the coarse pass; a kidney is longer than 40 mm.
+    coarse_step_mm: float = 10.0
+    #: Fast mode: margin (mm) kept around the kidneys found, in-plane and along the axial axis.
+    crop_margin_mm: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -217,7 +226,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # inf, nan, or 1e400 (which parses as inf)
+                raise KidneysegError(f"config {where}: expected a finite number, got {value!r}")
+            return number
         if tp is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
@@ -271,7 +283,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise KidneysegError("config file not found", path=p)
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KidneysegError(
+            "config file is not text (binary data); give a .json, .yaml or .toml file", path=p
+        ) from None
+    except OSError as exc:
+        raise KidneysegError(f"cannot read config file: {exc.strerror}", path=p) from exc
     try:
         if p.suffix == ".json":
             data = json.loads(text)
@@ -352,8 +371,16 @@ def validate(cfg: Config) -> Config:
         f"preprocess.split must be three fractions summing to 1 with train > 0 (got {s})",
     )
     need(cfg.preprocess.workers >= 1, "preprocess.workers must be >= 1")
+    for name, seed in (("preprocess.seed", cfg.preprocess.seed), ("train.seed", t.seed)):
+        need(0 <= seed < 2**32, f"{name} must be in 0 .. 2**32 - 1 (got {seed})")
     need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
     need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
+    need(
+        cfg.inference.mode in ("fast", "naive"),
+        f"inference.mode must be fast or naive (got {cfg.inference.mode!r})",
+    )
+    need(cfg.inference.coarse_step_mm > 0, "inference.coarse_step_mm must be > 0")
+    need(cfg.inference.crop_margin_mm >= 0, "inference.crop_margin_mm must be >= 0")
     need(
         cfg.inference.precision in ("auto", "fp32", "bf16", "fp16"),
         f"inference.precision must be auto, fp32, bf16 or fp16 (got {cfg.inference.precision!r})",

@@ -44,6 +44,7 @@ _TAGS = {
     "modality": "0008|0060",
     "description": "0008|103e",
     "series_number": "0020|0011",
+    "instance": "0020|0013",
     "frame_of_reference": "0020|0052",
     "position": "0020|0032",
     "orientation": "0020|0037",
@@ -127,7 +128,45 @@ def _scan(folder: Path) -> tuple[dict[Path, dict[str, str]], int]:
             header = _read_header(f)
             if header is not None:
                 headers[f] = header
+            elif _has_dicom_magic(f):
+                # A DICOM file GDCM cannot parse (cut short, damaged) is not "some other file":
+                # skipping it would give a series with a slice missing.
+                raise KidneysegError(
+                    "DICOM file cannot be read (cut short or damaged); replace or remove it",
+                    path=f,
+                )
     return headers, len(files)
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    """Whether a file starts like a DICOM Part 10 file ("DICM" after the 128-byte preamble)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+#: Modalities read as CT. A missing Modality tag (some anonymisers drop it) is left to the
+#: value check (`kidneyseg.io.check_hounsfield`).
+CT_MODALITIES = ("CT",)
+
+
+def check_ct_modality(modality: str | None, path: str | Path) -> None:
+    """Refuse a DICOM object whose Modality says it is not CT (MR, SEG, RTSTRUCT, PT, ...).
+
+    Example:
+        >>> check_ct_modality("MR", "series/")
+        Traceback (most recent call last):
+        ...
+        kidneyseg.errors.KidneysegError: series/: not CT: the DICOM Modality is MR ...
+    """
+    if modality and modality.strip().upper() not in CT_MODALITIES:
+        raise KidneysegError(
+            f"not CT: the DICOM Modality is {modality.strip()} (this tool segments CT); "
+            "give a CT series",
+            path=path,
+        )
 
 
 def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
@@ -156,7 +195,7 @@ def _group(headers: dict[Path, dict[str, str]]) -> list[DicomSeries]:
             )
         groups.setdefault(key, []).append(path)
     out = []
-    for key, paths in groups.items():
+    for key, paths in sorted(groups.items(), key=lambda item: (item[0], str(item[1][0]))):
         first = headers[paths[0]]
         is_image = all(
             len(_floats(headers[p]["position"])) == 3
@@ -175,11 +214,16 @@ def _choose(series: list[DicomSeries], folder: Path, uid: str | None, n_files: i
         raise KidneysegError(
             f"folder {what}; pass a DICOM series folder or an image file", path=folder
         )
-    listing = "; ".join(s.describe(folder) for s in series)
+    listing = "; ".join(f"[{i}] {s.describe(folder)}" for i, s in enumerate(series, 1))
     if uid is not None:
         chosen = [s for s in series if s.uid == uid]
+        if not chosen and uid.strip().isdigit() and 1 <= int(uid) <= len(series):
+            chosen = [series[int(uid) - 1]]  # by number: how a blank-UID series is chosen
         if not chosen:
-            raise KidneysegError(f"no series with UID {uid}; found: {listing}", path=folder)
+            raise KidneysegError(
+                f"no series with UID {uid}; found: {listing} (choose by UID or by number)",
+                path=folder,
+            )
         if not chosen[0].is_image:
             raise KidneysegError(
                 f"series {uid} is not an image series (no slice positions)", path=folder
@@ -194,8 +238,9 @@ def _choose(series: list[DicomSeries], folder: Path, uid: str | None, n_files: i
     if len(candidates) > 1:
         raise KidneysegError(
             f"folder holds {len(candidates)} image series: "
-            + "; ".join(s.describe(folder) for s in candidates)
-            + ". Choose one: pass that series' own folder, or its UID (--series UID)",
+            + "; ".join(f"[{series.index(s) + 1}] {s.describe(folder)}" for s in candidates)
+            + ". Choose one: pass that series' own folder, its UID or its number [N] "
+            "(--series UID or --series N)",
             path=folder,
         )
     return candidates[0]
@@ -237,6 +282,7 @@ def _slice_geometry(
                 "a slice may be missing",
                 path=folder,
             )
+        _check_instance_numbers(sorted_files, headers, folder)
         # Mean gap over the whole stack, robust to rounding of individual positions.
         spacing = float((along[-1] - along[0]) / (len(files) - 1))
     else:
@@ -245,6 +291,33 @@ def _slice_geometry(
         spacing = abs(values[0]) or 1.0
     direction = np.stack([row, col, normal], axis=1)
     return sorted_files, direction, positions[order[0]], spacing
+
+
+def _check_instance_numbers(
+    files: list[Path], headers: dict[Path, dict[str, str]], folder: Path
+) -> None:
+    """Refuse a gap in InstanceNumber along the sorted slices: a slice is missing.
+
+    Positions alone miss a slice removed from a stack whose remaining positions still look
+    regular (e.g. the last one, or one whose neighbours' positions were rewritten). Checked
+    only when every file has an InstanceNumber and they are all different.
+    """
+    try:
+        numbers = [int(float(headers[f]["instance"])) for f in files]
+    except ValueError:
+        return
+    if len(set(numbers)) != len(numbers):
+        return
+    steps = np.diff(numbers)
+    if np.all(steps == 1) or np.all(steps == -1):
+        return
+    step = 1 if np.count_nonzero(steps == 1) >= np.count_nonzero(steps == -1) else -1
+    i = int(np.argmax(steps != step))
+    raise KidneysegError(
+        f"slice numbers (InstanceNumber) jump from {numbers[i]} ({files[i].name}) to "
+        f"{numbers[i + 1]} ({files[i + 1].name}): a slice may be missing",
+        path=folder,
+    )
 
 
 def read_dicom_series(folder: str | Path, series: str | None = None) -> Volume:

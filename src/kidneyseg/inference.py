@@ -50,7 +50,7 @@ from kidneyseg.inputs import (
     plan_prediction,
 )
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
-from kidneyseg.normalization import expand_region
+from kidneyseg.localization import segment_cascade
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.postprocessing import postprocess
 from kidneyseg.types import Volume
@@ -180,32 +180,24 @@ class Predictor:
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """The cascade's raw masks on a canonical ``(z, y, x)`` CT, before postprocessing.
 
+        ``inference.mode = "fast"`` runs both phases only around the kidneys
+        (`kidneyseg.localization.segment_fast`); ``"naive"`` runs phase 1 on every whole slice.
+
         Returns:
             ``(kidney, tumor, region)``: phase 1's mask, phase 2's mask (only on slices with
             kidney) and the region phase 2 saw (phase 1 grown by ``data.region_margin_mm``).
         """
         update = None if bar is None else bar.update
-        kidney_runner, tumor_runner = self.phases["kidney"], self.phases["tumor"]
-        kidney = kidney_runner.segment(ct, np.arange(ct.shape[0]), progress=update)
-        region_slices = np.flatnonzero(kidney.any(axis=(1, 2)))
-        if bar is not None:
-            bar.total = ct.shape[0] + len(region_slices)
-            bar.refresh()
-        # Phase 2 sees the region grown as its model was trained (0 mm: the paper's).
-        margin = tumor_runner.config.data.region_margin_mm
-        region = expand_region(kidney, (spacing[1], spacing[2]), margin)
-        tumor = np.zeros_like(kidney)
-        if len(region_slices):
-            tumor[region_slices] = tumor_runner.segment(ct, region_slices, region, update)
-        return kidney, tumor, region
+        kidney, tumor = self.phases["kidney"], self.phases["tumor"]
+        return segment_cascade(kidney, tumor, ct, spacing, self.config.inference, update)
 
     def _predict(self, volume: Volume, source: str | Path | None) -> Volume:
         from tqdm.auto import tqdm
 
         ct = volume.to_canonical()
         check_hounsfield(ct, source)
-        bar = tqdm(
-            total=ct.shape[0],
+        bar = tqdm(  # no total: fast mode decides how many slices to run as it goes
+            total=None,
             desc=volume.case_id or "volume",
             unit="slice",
             leave=False,
@@ -222,9 +214,16 @@ class Predictor:
     # ---------------------------------------------------------------- files
 
     def predict_file(
-        self, path: str | Path, out_path: str | Path, case_id: str | None = None
+        self,
+        path: str | Path,
+        out_path: str | Path,
+        case_id: str | None = None,
+        series: str | None = None,
     ) -> Volume:
         """Read a CT file or DICOM series folder, predict, write the labels atomically.
+
+        ``series`` picks one series of a DICOM folder that holds several (its UID, or its
+        number in the listing the error message gives).
 
         Returns:
             The label volume that was written.
@@ -238,7 +237,7 @@ class Predictor:
         """
         out = Path(out_path)
         check_output_file(out)
-        volume = read_image(path)
+        volume = read_image(path, series)
         if case_id:
             volume = volume.with_array(volume.array, case_id=case_id)
         labels = self._predict(volume, path)
@@ -253,6 +252,7 @@ class Predictor:
         skip_existing: bool = True,
         stats_path: str | Path | None = None,
         cases: Sequence[str] | None = None,
+        series: str | None = None,
     ) -> PredictReport:
         """Predict a file, a DICOM series folder or a folder of cases (see `plan_prediction`).
 
@@ -264,18 +264,23 @@ class Predictor:
             input_path: image file, DICOM folder, folder of image files or KiTS folder.
             output: output file (one CT) or folder.
             shard: ``"K/N"`` or ``(K, N)``: only every N-th case, starting at the K-th.
-            skip_existing: keep existing outputs instead of predicting again (folder mode).
+            skip_existing: folder mode: keep existing outputs instead of predicting again; one
+                CT: refuse to replace an existing output file (False: overwrite).
             stats_path: write kidney/tumor voxel counts and mL per case to this JSON file.
             cases: only these case ids (e.g. the test split of ``PREP_DIR/split.json``).
+            series: one series of a DICOM folder holding several (UID or listing number).
         """
-        plan = plan_prediction(input_path, output, shard, cases)
-        return self.run_plan(plan, skip_existing=skip_existing, stats_path=stats_path)
+        plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
+        return self.run_plan(
+            plan, skip_existing=skip_existing, stats_path=stats_path, series=series
+        )
 
     def run_plan(
         self,
         plan: PredictionPlan,
         skip_existing: bool = True,
         stats_path: str | Path | None = None,
+        series: str | None = None,
     ) -> PredictReport:
         """Carry out a `PredictionPlan` (what `predict_paths` does after planning)."""
         if stats_path is not None:
@@ -292,7 +297,7 @@ class Predictor:
                         self._report_failure(report, case, str(exc))
                 continue
             if not plan.collection:
-                labels = self.predict_file(case.source, case.target, case.case_id)
+                labels = self.predict_file(case.source, case.target, case.case_id, series)
             else:
                 try:
                     labels = self.predict_file(case.source, case.target, case.case_id)
@@ -329,6 +334,7 @@ def predict(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
     cases: Sequence[str] | None = None,
+    series: str | None = None,
 ) -> PredictReport:
     """``kidneyseg predict``: check inputs and output first, load the models, predict.
 
@@ -337,8 +343,10 @@ def predict(
     Example:
         >>> report = predict("ct.nii.gz", "labels.nii.gz", "runs/paper")  # doctest: +SKIP
     """
-    plan = plan_prediction(input_path, output, shard, cases)
+    plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
     if stats_path is not None:
         check_writable(Path(stats_path), "statistics file")
     predictor = Predictor(model_dir, device, batch_size, progress, config_file, overrides)
-    return predictor.run_plan(plan, skip_existing=skip_existing, stats_path=stats_path)
+    return predictor.run_plan(
+        plan, skip_existing=skip_existing, stats_path=stats_path, series=series
+    )

@@ -64,13 +64,25 @@ def check_writable(path: Path, what: str) -> None:
         raise KidneysegError(f"cannot write {what}: {parent} is not writable", path=path)
 
 
-def check_output_file(path: Path) -> None:
-    """Clear error unless ``path`` is a writable file name with a format we write."""
+def check_output_file(path: Path, overwrite: bool = True) -> None:
+    """Clear error unless ``path`` is a writable file name with a format we write.
+
+    Args:
+        path: the output file.
+        overwrite: whether an existing file may be replaced; False refuses it (what
+            ``kidneyseg predict`` does without ``--overwrite``, as folder mode keeps
+            existing outputs).
+    """
     if not path.name.lower().endswith(WRITE_SUFFIXES):
         raise KidneysegError(
             f"unsupported output format; use one of {', '.join(WRITE_SUFFIXES)}", path=path
         )
     check_writable(path, "output file")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise KidneysegError(
+            "output file already exists; pass --overwrite to replace it, or choose another OUTPUT",
+            path=path,
+        )
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,7 @@ def plan_prediction(
     output: str | Path,
     shard: str | tuple[int, int] | None = None,
     cases: Sequence[str] | None = None,
+    overwrite: bool = True,
 ) -> PredictionPlan:
     """Match inputs to output files and check the output can be written (creates nothing).
 
@@ -149,10 +162,12 @@ def plan_prediction(
     ``OUTPUT/<case_id>.nii.gz``.
     With ``cases`` only those case ids (e.g. the test split; an unknown id is an error).
     With ``shard=(K, N)`` only cases ``i`` (0-based, sorted by case id) with ``i % N == K - 1``.
+    With ``overwrite=False`` an existing single-file OUTPUT is refused (folder mode skips the
+    cases whose output exists instead; that is the predictor's ``skip_existing``).
 
     Raises:
-        KidneysegError: no input, a bad shard, an output that cannot be written or would
-            overwrite an input.
+        KidneysegError: no input, a bad shard, an output that cannot be written, would
+            overwrite an input, or (``overwrite=False``) already exists.
     """
     out = Path(output)
     parsed = parse_shard(shard)
@@ -166,7 +181,7 @@ def plan_prediction(
             path=out,
         )
     if as_file:
-        check_output_file(out)
+        check_output_file(out, overwrite=overwrite)
         planned = [InputCase(pairs[0][0], pairs[0][1], out)]
     else:
         if out.exists() and not out.is_dir():

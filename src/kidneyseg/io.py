@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from kidneyseg.dicom import read_dicom_series
+from kidneyseg.compressed import check_compressed_payload
+from kidneyseg.dicom import check_ct_modality, read_dicom_series
 from kidneyseg.errors import KidneysegError
 from kidneyseg.filetypes import (
     DICOM_SUFFIXES,
@@ -40,8 +41,8 @@ from kidneyseg.filetypes import (
     case_id_from_path,
     is_image_file,
 )
-from kidneyseg.nifti import check_nifti, read_float_nifti, restore_nonfinite
-from kidneyseg.sitk import from_sitk, quiet_sitk, read_sitk, sitk_error_detail, to_sitk
+from kidneyseg.nifti import read_nifti
+from kidneyseg.sitk import captured_stderr, from_sitk, read_sitk, sitk_error_detail, to_sitk
 from kidneyseg.types import LABEL_NAMES, MAX_LABEL, Volume
 from kidneyseg.utils import atomic_path
 
@@ -81,47 +82,95 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
     if not p.exists():
         raise KidneysegError("no such file or folder", path=p)
     if p.is_dir() or _is_dicom_file(p):
-        return read_dicom_series(p, series=series)
+        series_volume = read_dicom_series(p, series=series)
+        check_geometry(series_volume, p)
+        return series_volume
     if not is_image_file(p):
         raise KidneysegError(
             f"not a supported image file; use one of {', '.join(IMAGE_SUFFIXES)}, a DICOM file, "
             "or a DICOM series folder",
             path=p,
         )
-    # ITK's NIfTI reader zero-fills cut files and NaN/inf voxels: see `kidneyseg.nifti`.
-    nifti = check_nifti(p) if p.name.lower().endswith(NIFTI_SUFFIXES) else None
     try:
-        volume = read_float_nifti(p, nifti, case_id_from_path(p)) if nifti is not None else None
-        if volume is not None:
-            return volume
-        image = read_sitk(p)
-        # Squeeze a trailing singleton 4th axis (some tools write 3D as 4D with t=1).
-        if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-            image = image[:, :, :, 0]
-        volume = from_sitk(image, case_id_from_path(p))
-        if nifti is not None and np.issubdtype(volume.array.dtype, np.floating):
-            volume = restore_nonfinite(volume, p, nifti)
+        volume: Volume | None = None
+        if p.name.lower().endswith(NIFTI_SUFFIXES):  # ITK misses too much: `kidneyseg.nifti`
+            volume = read_nifti(p, case_id_from_path(p))
+        if volume is None:
+            check_compressed_payload(p)
+            image = read_sitk(p)
+            # Squeeze a trailing singleton 4th axis (some tools write 3D as 4D with t=1).
+            if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+                image = image[:, :, :, 0]
+            volume = from_sitk(image, case_id_from_path(p))
     except ValueError as exc:  # not 3D, several values per voxel, bad spacing
         raise KidneysegError(str(exc), path=p) from exc
+    check_geometry(volume, p)
     return volume
 
 
-def read_image(path: str | Path, series: str | None = None) -> Volume:
-    """Read a CT image (`read_volume`) and check its values are finite (HU).
+#: Voxel sizes a CT (or its label map) can have, in mm: micro-CT is about 0.01 mm, the
+#: thickest clinical slices about 10 mm. Outside this band a spacing is a broken header.
+SPACING_RANGE_MM = (0.01, 100.0)
+#: How far a direction matrix may be from orthonormal (rounding of stored cosines).
+ORTHONORMAL_TOLERANCE = 1e-4
+
+
+def check_geometry(volume: Volume, path: str | Path) -> None:
+    """Refuse a geometry that cannot be exact: implausible spacing, axes not orthonormal.
+
+    Every reader passes through here, so each stage sees the same rule. A spacing outside
+    `SPACING_RANGE_MM` gives nonsense volumes in mL and resampling; a direction matrix whose
+    axes are not orthogonal unit vectors cannot be written back unchanged (writers
+    orthonormalise it) nor mapped to the canonical orientation.
 
     Raises:
-        KidneysegError: as `read_volume`, or the image holds NaN or infinite values.
+        KidneysegError: says which value is wrong (names the file).
+
+    Example:
+        >>> check_geometry(Volume(np.zeros((2, 2, 2)), (1e6, 1.0, 1.0)), "x.nii")
+        Traceback (most recent call last):
+        ...
+        kidneyseg.errors.KidneysegError: x.nii: implausible voxel size (1e+06, 1, 1) mm: ...
+    """
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= s <= hi for s in volume.spacing):
+        raise KidneysegError(
+            f"implausible voxel size ({', '.join(f'{s:g}' for s in volume.spacing)}) mm: CT "
+            f"voxels measure {lo:g} to {hi:g} mm; fix the header's spacing",
+            path=path,
+        )
+    d = volume.direction_matrix
+    off = np.abs(d.T @ d - np.eye(3)).max() if np.all(np.isfinite(d)) else np.inf
+    if not off <= ORTHONORMAL_TOLERANCE:
+        raise KidneysegError(
+            f"direction matrix is not orthonormal (off by {off:.3g}): the grid is sheared and "
+            "cannot be kept exactly; resample it to an orthogonal grid first",
+            path=path,
+        )
+
+
+def read_image(path: str | Path, series: str | None = None) -> Volume:
+    """Read a CT image (`read_volume`): finite values, and a DICOM series of Modality CT.
+
+    Raises:
+        KidneysegError: as `read_volume`; the image holds NaN or infinite values; a DICOM
+            object that is not CT (MR, SEG, RTSTRUCT, ...: the modality is named).
 
     Example:
         >>> ct = read_image("case_00000/imaging.nii.gz")  # doctest: +SKIP
     """
     volume = read_volume(path, series=series)
+    check_ct_modality(volume.metadata.get("modality"), path)
+    _check_finite(volume, path)
+    return volume
+
+
+def _check_finite(volume: Volume, path: str | Path) -> None:
     arr = volume.array
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
         bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
         if bad:
             raise KidneysegError(f"image contains {bad} NaN or infinite values", path=path)
-    return volume
 
 
 def validate_labels(volume: Volume, path: str | Path) -> Volume:
@@ -189,13 +238,16 @@ def _fmt(values: tuple[float, ...]) -> str:
 
 
 def write_volume(volume: Volume, path: str | Path) -> Path:
-    """Write ``volume`` in its exact geometry, atomically (temp file + rename).
+    """Write ``volume`` in its exact geometry, atomically (temp file + rename), verified.
 
     The format follows the suffix (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``); NRRD and
-    MetaImage are gzip-compressed. On failure nothing is left at ``path``.
+    MetaImage are gzip-compressed. Before the rename the file is read back (`read_volume`) and
+    compared with ``volume``, voxel for voxel and in geometry: ITK's NIfTI writer reports a
+    full disk only as text ("wrote only N of M bytes") and returns, which would otherwise put
+    a cut file in place. On failure nothing is left at ``path``.
 
     Raises:
-        KidneysegError: unsupported suffix, or the file cannot be written.
+        KidneysegError: unsupported suffix, or the file cannot be written (full disk, ...).
 
     Example:
         >>> write_volume(prediction, "preds/case_00000.nii.gz")  # doctest: +SKIP
@@ -207,12 +259,32 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
         raise KidneysegError(
             f"unsupported output format; use one of {', '.join(WRITE_SUFFIXES)}", path=p
         )
+
+    def verify(tmp: Path) -> None:
+        try:
+            written = read_volume(tmp)
+        except KidneysegError as exc:
+            raise KidneysegError(
+                f"cannot write: the written file does not read back ({exc.message})", path=p
+            ) from None
+        if not (
+            written.same_geometry(volume, atol=1e-4)
+            and np.array_equal(
+                written.array, volume.array, equal_nan=written.array.dtype.kind in "fc"
+            )
+        ):
+            raise KidneysegError(
+                "cannot write: the written file differs from what was meant to be written", path=p
+            )
+
     try:
-        with atomic_path(p) as tmp, quiet_sitk():
-            sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=True)
-    except (OSError, RuntimeError) as exc:
-        detail = sitk_error_detail(exc) if isinstance(exc, RuntimeError) else str(exc)
-        raise KidneysegError(f"cannot write: {detail}", path=p) from exc
+        with atomic_path(p, verify) as tmp:
+            with captured_stderr() as printed:
+                sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=True)
+            if printed:  # e.g. niftilib's "wrote only N of M bytes": a full disk
+                raise KidneysegError(f"cannot write: {printed[-1][:200]}", path=p)
+    except RuntimeError as exc:
+        raise KidneysegError(f"cannot write: {sitk_error_detail(exc)}", path=p) from exc
     return p
 
 
@@ -241,13 +313,27 @@ def looks_like_labels(array: np.ndarray) -> bool:
     return False
 
 
+#: Largest value a CT with no negative values may hold (see `check_hounsfield`): CT clipped to
+#: a soft-tissue window such as [0, 255] HU stays below it; MR signal and unrescaled CT
+#: storage values (HU + 1024, up to 4095) go above it.
+MAX_HU_WITHOUT_AIR = 1000
+
+
 def check_hounsfield(array: np.ndarray, source: str | Path | None = None) -> None:
     """Raise a clear error when an image's values are clearly not CT in Hounsfield units.
 
     The one rule for "is this CT in HU?", used before preprocessing and before prediction.
-    CT holds air (about -1000 HU) to bone (hundreds to thousands of HU). Refused: values in
-    about [0, 1] (a normalised image or a mask), label maps (`looks_like_labels`), and any
-    image whose values span less than 100 HU (standardised or constant).
+    CT holds air (about -1000 HU) to bone (hundreds to thousands of HU). Refused:
+
+    * 8-bit integer images (uint8/int8): a byte cannot hold HU (air -1000, bone > 255); such
+      an image is a picture (PNG/JPEG) or a mask. The type decides, not the values: the
+      KiTS19 slices this project trains on hold HU clipped to [0, 255] as float32 and pass;
+    * values in about [0, 1] (a normalised image or a mask), label maps (`looks_like_labels`),
+      and images whose values span less than 100 HU (standardised or constant);
+    * images with no negative value whose maximum exceeds `MAX_HU_WITHOUT_AIR`: a body CT
+      holds air and fat (below 0 HU) unless it was clipped to a soft-tissue window (then
+      its maximum is a few hundred HU); 0..4000 is MR signal, or CT stored values without
+      their rescale intercept (-1024).
 
     Args:
         array: the image's voxels.
@@ -275,6 +361,19 @@ def check_hounsfield(array: np.ndarray, source: str | Path | None = None) -> Non
     if looks_like_labels(array):
         raise KidneysegError(
             f"not CT in HU: looks like a label map (values 0-3); {hint}", path=source
+        )
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 1:
+        raise KidneysegError(
+            f"not CT in HU: an 8-bit image ({array.dtype}, values {lo:g}..{hi:g}) cannot hold "
+            f"HU (a picture or a mask?); {hint}",
+            path=source,
+        )
+    if lo >= 0 and hi > MAX_HU_WITHOUT_AIR:
+        raise KidneysegError(
+            f"not CT in HU: values lie in [{lo:g}, {hi:g}] with no air or fat (nothing below "
+            "0), which is MR-like signal or CT stored values without their rescale intercept "
+            f"(-1024); {hint}",
+            path=source,
         )
     if hi - lo < 100:
         raise KidneysegError(
@@ -311,7 +410,8 @@ def volume_info(
         >>> volume_info("kits23/case_00061/segmentation.nii.gz")["axcodes"]  # doctest: +SKIP
         ['I', 'P', 'L']
     """
-    volume = read_image(path, series=series)
+    volume = read_volume(path, series=series)  # any modality: info describes what it finds
+    _check_finite(volume, path)
     arr = volume.array
     is_labels = looks_like_labels(arr) if labels is None else labels
     if is_labels:

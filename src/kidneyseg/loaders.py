@@ -69,11 +69,15 @@ def env_rank() -> int:
 
 
 def _wait_for_regions(
-    regions_dir: Path, case_ids: list[str], checkpoint: str | Path, timeout_s: float = 86400
+    regions_dir: Path,
+    case_ids: list[str],
+    checkpoint: str | Path,
+    cfg: Config,
+    timeout_s: float = 86400,
 ) -> None:
     """Other ranks wait until rank 0 has cached the regions of *this* phase-1 model."""
     start = time.monotonic()
-    while not regions_ready(regions_dir, case_ids, checkpoint):
+    while not regions_ready(regions_dir, case_ids, checkpoint, cfg.inference):
         if time.monotonic() - start > timeout_s:
             raise KidneysegError(
                 "timed out waiting for rank 0's predicted regions", path=regions_dir
@@ -134,12 +138,10 @@ def prepare_training(
                 kidney_model,
                 regions_dir,
                 device=device,
-                batch_size=cfg.inference.batch_size,
-                threshold=cfg.inference.threshold,
-                precision=cfg.inference.precision,
+                settings=cfg.inference,
             )
         else:
-            _wait_for_regions(regions_dir, train_ids + val_ids, kidney_model)
+            _wait_for_regions(regions_dir, train_ids + val_ids, kidney_model, cfg)
     train_set = SliceDataset(prep, train_ids, phase, cfg.data, norm, regions_dir)
     if len(train_set) == 0:
         where = "predicted by the phase-1 model" if predicted else "in the labels"

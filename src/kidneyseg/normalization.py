@@ -87,7 +87,8 @@ class NormalizationRecord:
         """Parse the JSON form.
 
         Raises:
-            ValueError: a missing key, an unknown phase, a bad window or a std <= 0.
+            ValueError: a missing key, an unknown phase, a bad window (reversed or not finite),
+                a std that is not a positive finite number, or a mean that is not finite.
         """
         try:
             phase, window = str(data["phase"]), data["window"]
@@ -97,10 +98,14 @@ class NormalizationRecord:
         if phase not in ("kidney", "tumor"):
             raise ValueError(f"bad normalisation record: unknown phase {phase!r}")
         if window is not None:
-            if len(window) != 2 or float(window[0]) >= float(window[1]):
+            try:
+                lo, hi = float(window[0]), float(window[1])
+            except (TypeError, ValueError, IndexError, KeyError) as exc:
+                raise ValueError(f"bad normalisation record: window {window!r}") from exc
+            if len(window) != 2 or not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
                 raise ValueError(f"bad normalisation record: window {window!r}")
-            window = (float(window[0]), float(window[1]))
-        if not std > 0 or not np.isfinite(mean):
+            window = (lo, hi)
+        if not (np.isfinite(std) and std > 0) or not np.isfinite(mean):
             raise ValueError(f"bad normalisation record: mean {mean}, std {std}")
         return cls(phase, window, mean, std)
 

@@ -138,12 +138,26 @@ class PhaseRunner:
 
     # ---------------------------------------------------------------- running
 
+    def model_box(
+        self, box: tuple[int, int, int, int], shape: tuple[int, int]
+    ) -> tuple[int, int, int, int]:
+        """A slice-pixel box ``(y0, y1, x0, x1)`` in model pixels, grown to the network's
+        32-pixel grid (so a crop sees the same downsampling lattice as the whole slice)."""
+        size = self.image_size
+        sy, sx = size / shape[0], size / shape[1]
+        y0, y1 = int(math.floor(box[0] * sy)) // 32 * 32, int(math.ceil(box[1] * sy))
+        x0, x1 = int(math.floor(box[2] * sx)) // 32 * 32, int(math.ceil(box[3] * sx))
+        y1 = min(size, -(-y1 // 32) * 32)
+        x1 = min(size, -(-x1 // 32) * 32)
+        return y0, max(y1, y0 + 32), x0, max(x1, x0 + 32)
+
     def segment(
         self,
         ct: npt.NDArray[Any],
         slices: npt.NDArray[np.intp],
         region: npt.NDArray[np.bool_] | None = None,
         progress: Callable[[int], object] | None = None,
+        box: tuple[int, int, int, int] | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
 
@@ -153,33 +167,56 @@ class PhaseRunner:
             region: phase 2's kidney region, canonical like ``ct`` (required for the tumor
                 phase).
             progress: called with the number of slices done after each batch.
+            box: ``(y0, y1, x0, x1)`` slice pixels: run the network only on this part of each
+                slice (grown to its 32-pixel grid, `model_box`); outside it the mask is False.
+                The network is fully convolutional, so a crop with a margin gives the whole
+                slice's answer inside it; ``None`` = the whole slice.
 
         Returns:
             bool ``(len(slices), y, x)``.
         """
         height, width = ct.shape[1:]
-        out = np.empty((len(slices), height, width), dtype=bool)
+        out = np.zeros((len(slices), height, width), dtype=bool)
         if len(slices) == 0:
             return out
+        size = self.image_size
+        native = (height, width) == (size, size)
+        crop = None if box is None else self.model_box(box, (height, width))
         cuda = self.device.type == "cuda"
         contiguous = bool(np.all(np.diff(slices) == 1))
         with torch.inference_mode():
             for start in range(0, len(slices), self.batch_size):
                 idx = slices[start : start + self.batch_size]
-                # A plain slice of the canonical view avoids fancy-indexing copies for phase 1.
+                # A plain slice of the canonical view avoids fancy-indexing copies.
                 sel: Any = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
-                mask = None if region is None else region[sel]
-                x = normalize(np.asarray(ct[sel]), self.normalization, mask)
+                hu, mask = ct[sel], None if region is None else region[sel]
+                if crop is not None and native:  # model pixels are slice pixels: cut first
+                    y0, y1, x0, x1 = crop
+                    hu = hu[:, y0:y1, x0:x1]
+                    mask = None if mask is None else mask[:, y0:y1, x0:x1]
+                x = normalize(np.asarray(hu), self.normalization, mask)
                 batch = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
                 batch = batch.to(self.device, non_blocking=cuda)
-                batch = to_model_size(batch, self.image_size)
+                if not native:
+                    batch = to_model_size(batch, size)
+                if crop is not None and not native:
+                    batch = batch[..., crop[0] : crop[1], crop[2] : crop[3]]
                 if self.device.type != "mps":
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, self.precision):
-                    logits = self.model(batch)
-                logits = from_model_size(logits.float(), (height, width))
-                masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                out[start : start + len(idx)] = masks
+                    logits = self.model(batch).float()
+                rows = slice(start, start + len(idx))
+                if crop is not None and native:
+                    y0, y1, x0, x1 = crop
+                    masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
+                    out[rows, y0:y1, x0:x1] = masks
+                else:
+                    if crop is not None:  # back on the whole model-size slice, then resize
+                        canvas = logits.new_full((len(idx), 1, size, size), -1e4)
+                        canvas[..., crop[0] : crop[1], crop[2] : crop[3]] = logits
+                        logits = canvas
+                    logits = from_model_size(logits, (height, width))
+                    out[rows] = (logits[:, 0] > self._logit_threshold).cpu().numpy()
                 if progress is not None:
                     progress(len(idx))
         return out

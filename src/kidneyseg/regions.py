@@ -6,7 +6,8 @@ inference. `predict_kidney_regions` makes them with the same `PhaseRunner` as
 
 * ``<case_id>.npy``: uint8 0/1, canonical ``(z, y, x)``, the case's shape;
 * ``<case_id>.slices.npy``: region pixels per slice (int64);
-* ``source.json``: the phase-1 checkpoint and its SHA-256 (another model empties the cache).
+* ``source.json``: the phase-1 checkpoint, its SHA-256 and the cascade settings (another model
+  or other settings empty the cache).
 
 Example:
     >>> predict_kidney_regions(prep, prep.split.train, "run/kidney/best.safetensors",
@@ -24,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kidneyseg.config import InferenceConfig
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import PrepDir
+from kidneyseg.localization import segment_kidneys
 from kidneyseg.models import read_checkpoint_meta
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.utils import atomic_path, atomic_write_text
@@ -64,11 +67,25 @@ def _recorded_digest(regions_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def regions_ready(regions_dir: str | Path, case_ids: Sequence[str], checkpoint: str | Path) -> bool:
-    """True when ``regions_dir`` holds every case's region, predicted by ``checkpoint``."""
+def _settings_key(settings: InferenceConfig) -> str:
+    return (
+        f"{settings.mode}/{settings.coarse_step_mm:g}/{settings.crop_margin_mm:g}/"
+        f"{settings.threshold:g}"
+    )
+
+
+def regions_ready(
+    regions_dir: str | Path,
+    case_ids: Sequence[str],
+    checkpoint: str | Path,
+    settings: InferenceConfig | None = None,
+) -> bool:
+    """True when ``regions_dir`` holds every case's region, predicted by ``checkpoint`` with
+    ``settings`` (default settings when None)."""
     if not regions_complete(regions_dir, case_ids):
         return False
-    return _recorded_digest(Path(regions_dir)) == file_digest(Path(checkpoint))
+    key = file_digest(Path(checkpoint)) + ":" + _settings_key(settings or InferenceConfig())
+    return _recorded_digest(Path(regions_dir)) == key
 
 
 def predict_kidney_regions(
@@ -80,10 +97,15 @@ def predict_kidney_regions(
     batch_size: int = 16,
     threshold: float = 0.5,
     precision: str = "auto",
+    settings: InferenceConfig | None = None,
 ) -> Path:
     """Predict phase 1's kidney region of each case once and cache it (for phase-2 training).
 
-    Cases already cached are skipped; each file is written atomically.
+    The regions are made exactly as prediction makes them (`kidneyseg.localization.
+    segment_kidneys` with the same settings). ``settings`` (the config's ``inference``
+    section) gives the mode, batch size, threshold and precision; without it, the defaults
+    with ``batch_size``, ``threshold`` and ``precision``. Cases already cached are skipped;
+    each file is written atomically.
 
     Raises:
         KidneysegError: the checkpoint is missing, corrupt or not a phase-1 model.
@@ -95,10 +117,18 @@ def predict_kidney_regions(
             f"predicted regions need a phase-1 (kidney) model, this one is phase {phase!r}",
             path=checkpoint,
         )
+    if settings is None:
+        settings = InferenceConfig(batch_size=batch_size, precision=precision, threshold=threshold)
     runner = PhaseRunner.load(
-        checkpoint, "kidney", torch.device(device), precision, batch_size, threshold
+        checkpoint,
+        "kidney",
+        torch.device(device),
+        settings.precision,
+        settings.batch_size,
+        settings.threshold,
     )
-    digest = file_digest(checkpoint)
+    # Regions depend on the checkpoint and on how the cascade runs: both key the cache.
+    digest = file_digest(checkpoint) + ":" + _settings_key(settings)
     recorded = _recorded_digest(out)
     if recorded is not None and recorded != digest:
         shutil.rmtree(out)  # regions of another phase-1 model: stale
@@ -111,7 +141,8 @@ def predict_kidney_regions(
         if regions_complete(out, [case_id]):
             continue
         image = np.load(prep.case_files(case_id)[0], mmap_mode="r")
-        region = runner.segment(image, np.arange(image.shape[0])).astype(np.uint8)
+        kidney = segment_kidneys(runner, image, prep.spacing_mm(case_id), settings)
+        region = kidney.astype(np.uint8)
         region_path, slices_path = region_files(out, case_id)
         with atomic_path(region_path) as tmp, tmp.open("wb") as f:
             np.save(f, region)

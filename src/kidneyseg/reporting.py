@@ -9,6 +9,8 @@ a folder with:
 * ``overlay_<case>.png``: predicted masks as red fill and ground-truth edges in green on the CT in
   a soft-tissue window, on the slices with the largest ground-truth tumor and kidney area, for the
   best / median / worst cases (paper Fig. 9);
+* ``view_<case>.html``: for the same cases, the slice viewer of `kidneyseg.viewer` (prediction
+  filled, ground truth outlined), linked from the page;
 * ``table1.csv``: the Table-1-style summary (kidney, tumor and the paper's reported values);
 * ``report.html`` (one self-contained page, images embedded) and ``report.md``.
 
@@ -68,6 +70,7 @@ from kidneyseg.report_tables import (
 )
 from kidneyseg.types import PHASES
 from kidneyseg.utils import atomic_dir, atomic_write_text, package_version
+from kidneyseg.viewer import write_comparison_viewer
 
 #: The report folder's page, its Markdown twin and the Table-1 CSV.
 REPORT_FILE: Final = "report.html"
@@ -135,7 +138,7 @@ def load_case_volumes(case_id: str, pred_dir: Path, gt_dir: Path) -> CaseVolumes
 # ----------------------------------------------------------------------------- the document
 @dataclass(frozen=True)
 class _Block:
-    kind: str  # "h2" | "p" | "note" | "table" | "img"
+    kind: str  # "h2" | "p" | "note" | "table" | "img" | "link" (text, target in image)
     text: str = ""
     header: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
@@ -174,6 +177,8 @@ def _render_html(blocks: list[_Block], out: Path, title: str) -> str:
                 f"<figure><img alt='{html.escape(b.image)}' src='data:image/png;base64,{data}'>"
                 f"<figcaption>{html.escape(b.text)}</figcaption></figure>"
             )
+        elif b.kind == "link":
+            parts.append(f"<p><a href='{html.escape(b.image)}'>{html.escape(b.text)}</a></p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -198,6 +203,8 @@ def _render_md(blocks: list[_Block], title: str) -> str:
             lines.append("")
         elif b.kind == "img":
             lines += [f"![{b.image}]({b.image})", "", f"*{b.text}*", ""]
+        elif b.kind == "link":
+            lines += [f"[{b.text}]({b.image})", ""]
     return "\n".join(lines)
 
 
@@ -330,6 +337,10 @@ def _overlay_blocks(
         blocks.append(
             _Block("img", f"{case_id} ({role}); {dice_text}; {where}{ct_note}.", image=name)
         )
+        page = f"view_{_safe_name(case_id)}.html"
+        write_comparison_viewer(tmp / page, vols.ct, vols.pred, vols.gt, vols.spacing, case_id)
+        text = f"{case_id}: slice viewer, prediction filled and ground truth outlined"
+        blocks.append(_Block("link", f"{text} (one HTML file, opens offline)", image=page))
     return blocks
 
 

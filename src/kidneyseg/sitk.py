@@ -12,7 +12,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,9 +65,50 @@ def sitk_error_detail(exc: BaseException) -> str:
         if line.startswith("Exception thrown in SimpleITK") or re.match(r"^/\S+:\d+:?$", line):
             continue
         line = re.sub(r"^(sitk::ERROR|ITK ERROR):\s*", "", line)
-        line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)
+        line = re.sub(r"^\w+\s?\(0x[0-9a-fA-F]+\):\s*", "", line)
         useful.append(line)
     return (useful[0] if useful else "unknown error")[:200]
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Capture what C/C++ code prints on file descriptor 2 inside the block.
+
+    ITK and its IO libraries report some failures only as text on stderr and then return
+    normally: MetaIO's "Uncompress failed" (the voxels read as zeros), niftilib's "wrote only
+    N of M bytes" (a full disk), ITK warnings. The yielded list receives that text, one entry
+    per non-empty line, when the block ends. File descriptor 2 belongs to the whole process,
+    so use this only around short library calls, never around code that prints progress.
+
+    Example:
+        >>> with captured_stderr() as lines:  # doctest: +SKIP
+        ...     image = sitk.ReadImage("ct.mha")
+        >>> lines  # doctest: +SKIP
+        ['Uncompress failed']
+    """
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreters)
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _reported_problem(lines: list[str]) -> str:
+    """The informative line of what ITK printed (skipping "WARNING: In /src/file.cxx")."""
+    useful = [line for line in lines if not re.match(r"^(WARNING|ERROR): In /", line)]
+    return sitk_error_detail(RuntimeError("\n".join(useful or lines)))
 
 
 def read_sitk(path: Path, header_only: bool = False) -> Any:
@@ -74,24 +118,41 @@ def read_sitk(path: Path, header_only: bool = False) -> Any:
     questions as the image (``GetSize``, ``GetSpacing``, ``GetDirection``, ...) without
     reading the voxels.
 
+    Anything ITK prints while reading counts as a failure: its readers report some damage
+    only as a message and return normally (a damaged compressed MetaImage prints "Uncompress
+    failed" and reads as zeros; a NIfTI sform ITK cannot use prints a warning and is replaced).
+
     Raises:
-        KidneysegError: the file cannot be read (names the file and ITK's reason).
+        KidneysegError: the file cannot be read, or ITK reported a problem while reading it
+            (names the file and ITK's reason).
     """
     import SimpleITK as sitk
 
+    display = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(True)
     try:
-        with quiet_sitk():
-            if not header_only:
-                return sitk.ReadImage(str(path))
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            return reader
+        with captured_stderr() as printed:
+            result: Any
+            if header_only:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                result = reader
+            else:
+                result = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise KidneysegError(
             f"cannot read image (truncated, corrupt or not an image): {sitk_error_detail(exc)}",
             path=path,
         ) from exc
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(display)
+    if printed:
+        raise KidneysegError(
+            f"cannot read image: the reader reported a problem: {_reported_problem(printed)}",
+            path=path,
+        )
+    return result
 
 
 def sitk_geometry(source: Any) -> Geometry:

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import sys
 import threading
@@ -48,18 +47,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from torch import nn
 
 from kidneyseg.augmentation import BatchAugment
 from kidneyseg.config import Config, dump_config, validate
 from kidneyseg.errors import KidneysegError
-from kidneyseg.figures import plot_loss_curves
 from kidneyseg.formats import run_dir as rd
 from kidneyseg.loaders import TrainingData, env_rank, prepare_training
 from kidneyseg.losses import build_loss
-from kidneyseg.models import build_model, save_checkpoint
-from kidneyseg.normalization import NormalizationRecord
+from kidneyseg.models import build_model
+from kidneyseg.run_recorder import RunRecorder, check_resume_state
 from kidneyseg.utils import package_version
 
 
@@ -139,113 +137,6 @@ class SegmentationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
         }
-
-
-class RunRecorder(Callback):
-    """Writes the run folder at the end of each epoch (rank 0): safetensors, CSV, curves.
-
-    The best checkpoint follows the validation loss (training loss when there is no validation
-    split). Its state (best loss/epoch) travels in ``last.ckpt``, so a resumed run keeps it.
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        cfg: Config,
-        phase: str,
-        normalization: NormalizationRecord,
-        progress: bool,
-    ) -> None:
-        self.directory, self.cfg, self.phase = directory, cfg, phase
-        self.normalization, self.progress = normalization, progress
-        self.best_loss = math.inf
-        self.best_epoch = 0
-        self.rows: list[dict[str, Any]] = []
-        self._epoch_start = self._train_end = 0.0
-        self._slices = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_loss = float(state_dict["best_loss"])
-        self.best_epoch = int(state_dict["best_epoch"])
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Rows of epochs after the restored one belong to a run that died before saving them.
-        done = trainer.current_epoch
-        self.rows = [
-            r for r in rd.read_metrics(self.directory / rd.METRICS_FILE) if int(r["epoch"]) <= done
-        ]
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = self._train_end = time.perf_counter()
-        self._slices = 0
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self._slices += len(batch[0]) * trainer.world_size
-        self._train_end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        epoch = trainer.current_epoch + 1
-        train_loss = float(metrics["train_loss"]) if "train_loss" in metrics else math.nan
-        val_loss = float(metrics["val_loss"]) if "val_loss" in metrics else math.nan
-        monitored = val_loss if not math.isnan(val_loss) else train_loss
-        improved = monitored < self.best_loss
-        if improved:
-            self.best_loss, self.best_epoch = monitored, epoch
-        if not trainer.is_global_zero:
-            return
-        train_seconds = max(self._train_end - self._epoch_start, 1e-9)
-        row = {
-            "epoch": epoch,
-            "train_loss": f"{train_loss:.6g}",
-            "val_loss": f"{val_loss:.6g}",
-            "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.6g}",
-            "seconds": f"{time.perf_counter() - self._epoch_start:.2f}",
-            "slices_per_s": f"{self._slices / train_seconds:.1f}",
-        }
-        extra = {"epoch": epoch, "val_loss": val_loss, "train_loss": train_loss}
-        model: nn.Module = pl_module.model  # type: ignore[assignment]
-        save_checkpoint(
-            self.directory / rd.LAST_FILE,
-            model,
-            self.cfg,
-            self.phase,
-            self.normalization,
-            extra,
-        )
-        if improved:
-            save_checkpoint(
-                self.directory / rd.BEST_FILE,
-                model,
-                self.cfg,
-                self.phase,
-                self.normalization,
-                extra,
-            )
-        self.rows.append(row)
-        rd.write_metrics(self.directory / rd.METRICS_FILE, self.rows)
-        plot_loss_curves(
-            self.rows, self.directory / rd.CURVES_FILE, f"phase {self.phase}", self.cfg.train.loss
-        )
-        if self.progress:
-            from tqdm import tqdm
-
-            tqdm.write(
-                f"epoch {epoch}/{trainer.max_epochs}: train {train_loss:.4f}  val {val_loss:.4f}"
-                f"{'  (best)' if improved else ''}  {row['seconds']} s  "
-                f"{row['slices_per_s']} slices/s",
-                file=sys.stderr,
-            )
 
 
 class _ProgressBar(TQDMProgressBar):
@@ -349,16 +240,31 @@ def train_phase(
     cfg = validate(cfg or Config())
     out = rd.phase_dir(run_dir, phase)
     last_ckpt = out / rd.RESUME_FILE
+    trained = (out / rd.BEST_FILE).is_file()
     if resume and not last_ckpt.is_file():
+        if trained:  # only a run from before last.ckpt was written first can leave this
+            raise KidneysegError(
+                f"cannot resume: the {phase} phase has weights but no training state "
+                "(last.ckpt); choose another RUN_DIR, or delete this folder to train again",
+                path=out,
+            )
         raise KidneysegError(
             "nothing to resume (no last.ckpt); start without --resume", path=last_ckpt
         )
-    if not resume and (last_ckpt.is_file() or (out / rd.BEST_FILE).is_file()):
+    if not resume and last_ckpt.is_file():
         raise KidneysegError(
             f"already holds a trained {phase} phase; continue it with --resume "
             "or choose another RUN_DIR",
             path=out,
         )
+    if not resume and trained:
+        raise KidneysegError(
+            f"already holds {phase} weights without their training state (last.ckpt), so "
+            "it cannot be resumed; choose another RUN_DIR, or delete this folder to train again",
+            path=out,
+        )
+    if resume:
+        check_resume_state(last_ckpt, phase)
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise KidneysegError("RUN_DIR exists and is not a folder", path=run_dir)
     predicted = phase == "tumor" and cfg.data.tumor_region == "predicted"
@@ -386,18 +292,10 @@ def train_phase(
         )
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     task = SegmentationTask(cfg, phase, channels_last=cfg.train.channels_last)
+    # The recorder also writes Lightning's own checkpoint (optimizer, epoch, recorder state)
+    # for --resume, before the other files of each epoch (see RunRecorder).
     recorder = RunRecorder(out, cfg, phase, setup.normalization, progress)
-    # Lightning's own checkpoint (optimizer, epoch, recorder state) for --resume: one file,
-    # overwritten at the end of every epoch (fsspec transaction: never half-written).
-    resumable = ModelCheckpoint(
-        dirpath=out,
-        filename=rd.RESUME_STEM,
-        monitor=None,
-        save_top_k=1,
-        save_on_train_epoch_end=True,
-        enable_version_counter=False,
-    )
-    all_callbacks: list[Callback] = [recorder, resumable, *callbacks]
+    all_callbacks: list[Callback] = [recorder, *callbacks]
     # The step bar only on a terminal: in logs (CI, nohup) it would print a line per refresh;
     # the one-line-per-epoch summary is printed either way.
     step_bar = progress and sys.stderr.isatty()
@@ -416,6 +314,7 @@ def train_phase(
             default_root_dir=out,
             enable_progress_bar=step_bar,
             enable_model_summary=False,
+            enable_checkpointing=False,  # RunRecorder writes last.ckpt itself
             num_sanity_val_steps=0,
             use_distributed_sampler=False,
             benchmark=hw.cuda,

@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,31 +22,80 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    A reader never sees a half-written file: on any exception the temporary file is removed
-    and ``path`` is left as it was. The temporary name keeps the final suffixes
+    A reader never sees a half-written file: the temporary file is flushed to disk (``fsync``,
+    which reports a full disk that the writes themselves did not), checked with ``verify``
+    when given, and only then renamed onto ``path``. On any exception the temporary file is
+    removed and ``path`` is left as it was. The temporary name keeps the final suffixes
     (e.g. ``.nii.gz``) so writers that infer the format from the name still work.
+
+    Args:
+        path: the final file.
+        verify: called with the temporary path once the body is done; raises when the file
+            is not what was meant to be written (e.g. a writer that truncated it silently).
+
+    Raises:
+        KidneysegError: an ``OSError`` of the temporary file (full disk, quota, read-only
+            file system...), named by ``path``; other exceptions pass through unchanged.
 
     Example:
         >>> with atomic_path("/tmp/out.txt") as tmp:  # doctest: +SKIP
         ...     tmp.write_text("done")
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
-    os.close(fd)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(final.suffixes)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent
+        )
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(exc, final) from exc
     tmp = Path(name)
     try:
-        yield tmp
-        # mkstemp makes a private (0600) file, and some writers recreate it; outputs get the
-        # usual permissions instead, set just before the rename.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, final)
+        try:
+            yield tmp
+            _fsync(tmp)
+            if verify is not None:
+                verify(tmp)
+            # mkstemp makes a private (0600) file, and some writers recreate it; outputs get
+            # the usual permissions instead, set just before the rename.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, final)
+        except OSError as exc:
+            # Only errors of this file: an OSError about another path (a file the body
+            # reads) keeps its own message.
+            if exc.filename not in (None, str(tmp), str(final)):
+                raise
+            raise write_error(exc, final) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_error(exc: OSError, path: str | Path) -> KidneysegError:
+    """The one-line error of a failed write: ``<path>: cannot write: No space left on device``.
+
+    Example:
+        >>> import errno
+        >>> str(write_error(OSError(errno.ENOSPC, "No space left on device"), "out.nii.gz"))
+        'out.nii.gz: cannot write: No space left on device'
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return KidneysegError(f"cannot write: {reason}", path=path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to disk, so a full disk shows up here rather than later."""
+    if not path.is_file():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -59,17 +108,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it becomes ``path`` only on success.
 
-    An existing ``path`` is replaced. On failure the temporary folder is removed.
+    An existing ``path`` is replaced. On failure the temporary folder is removed; an
+    ``OSError`` (full disk...) becomes a `KidneysegError` naming ``path``.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
     try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:
+        raise write_error(exc, final) from exc
+    try:
+        try:
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.filename is not None and not str(exc.filename).startswith(str(tmp)):
+                raise
+            raise write_error(exc, final) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

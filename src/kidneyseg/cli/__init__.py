@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "predict",
     "evaluate",
     "report",
+    "view",
     "demo",
 )
 
@@ -73,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(exc: OSError) -> str:
+    """``<file>: <reason>`` for an operating-system error (the file when it names one).
+
+    Example:
+        >>> import errno
+        >>> os_error_line(OSError(errno.ENOSPC, "No space left on device", "run/last.ckpt"))
+        'run/last.ckpt: No space left on device'
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason}" if where else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kidneyseg`` console script; returns the exit status.
 
@@ -80,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 on a `KidneysegError` (printed as one line) or bad usage, 130 when
-        interrupted, 141 when the output pipe closed.
+        0 on success, 2 on a `KidneysegError` or an `OSError` (printed as one line) or bad
+        usage, 130 when interrupted, 141 when the output pipe closed.
 
     Example:
         >>> main(["info", "case_00000/imaging.nii.gz"])  # doctest: +SKIP
@@ -106,6 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into e.g. `head`, which stopped reading: not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        # The file system refused (full disk, quota, read-only, permissions) somewhere the
+        # package did not wrap the error itself: still one line naming the file.
+        if args.debug:
+            raise
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -10,8 +10,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "phantoms",
         help="write synthetic abdominal CT phantoms with kidney/tumor/cyst labels",
         description="Write OUT/case_XXXXX/imaging.nii.gz + segmentation.nii.gz: synthetic "
-        "abdominal CTs (int16 HU, random file orientations) with labels 1 kidney, 2 tumor, "
-        "3 cyst. The same seed gives identical files; finished cases are kept on a rerun.",
+        "abdominal CTs (int16 HU, random file orientations, four contrast phases) with "
+        "labels 1 kidney, 2 tumor, 3 cyst; everything else (liver, spleen, bowel, muscles, "
+        "bones, vessels) is background. The same seed gives identical files; finished cases "
+        "are kept on a rerun.",
     )
     p.add_argument("out_dir", metavar="OUT", help="output folder")
     p.add_argument("--cases", type=int, default=30, help="number of cases (30)")
@@ -25,6 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="voxels per case, axial slices first (default 48 128 128; KiTS-like: 300 512 512)",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel processes (1)")
+    p.add_argument(
+        "--phases",
+        nargs="+",
+        metavar="PHASE",
+        default=None,
+        help="contrast phases to draw among: noncontrast arterial venous delayed (default: all "
+        "four, mostly arterial like KiTS)",
+    )
     p.set_defaults(func=run)
 
 
@@ -32,7 +42,12 @@ def run(args: argparse.Namespace) -> int:
     from kidneyseg.data.phantoms import write_cohort
 
     cases = write_cohort(
-        args.out_dir, cases=args.cases, seed=args.seed, shape=args.shape, workers=args.workers
+        args.out_dir,
+        cases=args.cases,
+        seed=args.seed,
+        shape=args.shape,
+        workers=args.workers,
+        phases=args.phases,
     )
     print(f"wrote {len(cases)} phantom cases to {args.out_dir}")
     return 0

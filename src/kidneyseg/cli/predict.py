@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run the two-phase cascade. INPUT: a NIfTI/NRRD/MHA file, a DICOM series folder, a "
             "folder of image files, or a KiTS folder (case_*/imaging.nii.gz). OUTPUT: a label "
             "file (.nii.gz/.nii/.nrrd/.mha) for one CT, otherwise a folder that receives "
-            "<case_id>.nii.gz per case; cases already there are skipped. Labels: 0 background, "
+            "<case_id>.nii.gz per case; cases already there are skipped (one CT's existing "
+            "output file is refused without --overwrite). Labels: 0 background, "
             "1 kidney, 2 tumor, in the input's exact geometry. Exit status 1 when some cases "
             "of a folder failed, 2 on an error."
         ),
@@ -50,7 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="predict only shard K of N: case i (sorted) goes to shard i %% N + 1",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="predict cases whose output already exists again"
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that already exist (folder mode skips them, one CT refuses)",
+    )
+    parser.add_argument(
+        "--series",
+        default=None,
+        metavar="UID|N",
+        help="one series of a DICOM folder that holds several: its UID or its listed number",
     )
     parser.add_argument(
         "--stats",
@@ -70,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("train", "val", "test"),
         help="which subset of --split to predict (default: test)",
     )
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write <case>_preview.png beside each output: slices, overlays, volumes",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_config_options(parser, presets=False)
     parser.set_defaults(func=run)
@@ -88,6 +102,7 @@ def _split_cases(path: str, subset: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from kidneyseg.inference import predict
 
+    cases = None if args.split is None else _split_cases(args.split, args.subset)
     report = predict(
         args.input,
         args.output,
@@ -100,9 +115,17 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         config_file=args.config,
         overrides=args.overrides,
-        cases=None if args.split is None else _split_cases(args.split, args.subset),
+        cases=cases,
+        series=args.series,
     )
     print(f"{report.summary()} -> {args.output}")
     for case_id, message in report.failed:
         print(f"failed: {case_id}: {message}", file=sys.stderr)
-    return 0 if report.ok else 1
+    previews_ok = True
+    if args.preview:
+        from kidneyseg.preview import write_previews
+
+        previews_ok = not write_previews(
+            args.input, args.output, report.written, args.shard, cases, args.series
+        )
+    return 0 if report.ok and previews_ok else 1

@@ -1,18 +1,19 @@
-"""The phantom's body: outline, fat, abdominal wall, spine, ribs, pelvis, back muscles, lungs.
+"""The phantom's body plan: outline, fat, abdominal wall, back muscles, lungs, spine levels.
 
-The structures a kidney model must learn to ignore live here, in their real places (all in mm,
-canonical LPS: +x patient left, +y posterior, +z superior, body centre at y = x = 0):
+`draw_body` sets where everything sits (all in mm, canonical LPS: +x patient left, +y
+posterior, +z superior, body centre at y = x = 0): body size and fat, the spine's depth and its
+levels T7..S1 (the L1/L2 disc near z = 0), the muscles' sizes. The structures a kidney model
+must learn to ignore that are painted here:
 
 * skin, subcutaneous fat (thickness set by the patient's adiposity), the muscle wall with the
   oblique layers' fat planes and the linea alba, visceral fat in the cavity;
-* the lumbar and lower thoracic spine level by level (T7..S1, the L1/L2 disc near z = 0): body
-  with cortical shell and cancellous marrow, discs, pedicles, laminae, spinous and transverse
-  processes, facets, the canal; ribs 7-12 with marrow and costal cartilage; iliac wings;
 * erector spinae (paraspinal mass behind the transverse processes, either side of the spinous
   process), quadratus lumborum (lateral to the transverse processes, behind the kidneys' lower
-  poles), psoas (beside the vertebral bodies, growing caudally from T12/L1), iliacus and
-  gluteal muscles at the pelvis, the diaphragmatic crura beside the aorta;
-* lung bases behind the liver and spleen at the top of the volume, under the diaphragm.
+  poles), psoas (beside the vertebral bodies, growing caudally from T12/L1), the
+  diaphragmatic crura beside the aorta;
+* lung bases behind the liver and spleen at the top of the volume, above the diaphragm.
+
+The bones (vertebrae, ribs, iliac wings) are painted by `kidneyseg.data.organs`.
 
 Sizes follow adult anatomy and a real CT measured here (TotalSegmentator example: erector spinae
 23-26 cm2 per side, 60-80 mm wide; psoas 1 cm2 at L1 to 7 cm2 at L3; kidneys 55-90 mm from the
@@ -24,26 +25,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from kidneyseg.data.shapes import (
     Canvas,
     Mask,
-    capsule,
-    ellipsoid,
     outline,
-    segment,
-    superellipse,
     texture,
     tube,
 )
 
 #: Vertebral levels modelled, caudal to cranial; the L1/L2 disc sits at `Body.z_disc`.
 LEVELS = ("S1", "L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10", "T9", "T8", "T7")
-_L1 = LEVELS.index("L1")
+L1_INDEX = LEVELS.index("L1")
 #: Vertebral body width relative to L2's, and transverse-process reach from the midline (mm).
-_WIDTH = dict(zip(LEVELS, (1.12, 1.1, 1.08, 1.04, 1.0, 0.95, 0.9, 0.87, 0.85, 0.84, 0.83, 0.82)))
-_TP_REACH = dict(zip(LEVELS, (44.0, 42.0, 47.0, 52.0, 46.0, 38.0, 27.0, 28.0, 30, 31, 32, 33)))
+WIDTH = dict(
+    zip(LEVELS, (1.12, 1.1, 1.08, 1.04, 1.0, 0.95, 0.9, 0.87, 0.85, 0.84, 0.83, 0.82), strict=True)
+)
+TP_REACH = dict(
+    zip(LEVELS, (44.0, 42.0, 47.0, 52.0, 46.0, 38.0, 27.0, 28.0, 30, 31, 32, 33), strict=True)
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Body:
 
     def level_z(self, name: str) -> float:
         """z (mm) of the centre of vertebral body ``name`` (e.g. ``"L1"``)."""
-        return self.z_disc + (LEVELS.index(name) - _L1 + 0.5) * self.level_h
+        return self.z_disc + (LEVELS.index(name) - L1_INDEX + 0.5) * self.level_h
 
     def level_range(self, name: str) -> tuple[float, float]:
         """``(bottom, top)`` z of vertebra ``name`` including half of each adjacent disc."""
@@ -101,47 +101,87 @@ class Body:
 
 
 def draw_body(rng: np.random.Generator, fov_half: tuple[float, float]) -> Body:
-    """Draw a body plan that fits a field of view of ``fov_half`` (y, x) mm half-widths."""
+    """Draw a body plan for a field of view of ``fov_half`` (y, x) mm half-widths.
+
+    The field of view is set to the patient, so the body fills 70-94 % of its width; fat
+    thickness follows the patient's adiposity and the cavity takes the rest (within adult
+    limits); the depth is 68-85 % of the width.
+    """
     fat = rng.uniform() ** 1.3
     muscle = rng.uniform(0.75, 1.2)
+    fill, ratio = rng.uniform(0.7, 0.94), rng.uniform(0.68, 0.85)
     fat_ant = 6.0 + 45.0 * fat * rng.uniform(0.7, 1.3)
     fat_lat = 5.0 + 35.0 * fat * rng.uniform(0.7, 1.3)
     fat_post = 5.0 + 35.0 * fat * rng.uniform(0.7, 1.3)
     wall_ant, wall_lat = rng.uniform(8.0, 14.0) * muscle, rng.uniform(8.0, 15.0) * muscle
     vb_rx, vb_ry = rng.uniform(19.0, 24.0), rng.uniform(14.0, 17.0)
     canal_rx, canal_ry = rng.uniform(10.0, 13.0), rng.uniform(7.0, 9.0)
-    erector_t = rng.uniform(35.0, 55.0) * muscle
+    erector_t = rng.uniform(42.0, 62.0) * muscle
     erector_out = rng.uniform(62.0, 82.0) * np.sqrt(muscle)
-    spinous_w = rng.uniform(6.0, 10.0)
-    visceral = rng.uniform(70.0, 100.0) + 50.0 * fat * rng.uniform(0.6, 1.2)
-    cav_a = rng.uniform(108.0, 132.0) + 35.0 * fat
+    spinous_w, spinous_gap = rng.uniform(6.0, 10.0), rng.uniform(15.0, 30.0)
     p_ant, p_post = rng.uniform(2.0, 2.6), rng.uniform(2.6, 3.6)
     level_h = rng.uniform(33.0, 38.0)
     z_disc = rng.uniform(-12.0, 12.0)
     crest = rng.uniform(2.4, 3.0)
-    # Depths from the vertebral body's front (y = 0 for now; shifted to the body centre below).
+    # Width: the cavity takes what fat and wall leave, within adult limits.
+    a = fill * fov_half[1]
+    cav_lo, cav_hi = 105.0, 140.0 + 40.0 * fat
+    cav_a = a - wall_lat - fat_lat
+    if cav_a < cav_lo:
+        fat_lat = max(4.0, fat_lat - (cav_lo - cav_a))
+        cav_a = max(cav_lo, a - wall_lat - fat_lat)
+    elif cav_a > cav_hi:
+        fat_lat += cav_a - cav_hi
+        cav_a = cav_hi
+    a = min(cav_a + wall_lat + fat_lat, 0.94 * fov_half[1])
+    fat_lat = a - cav_a - wall_lat
+    # Depth, from the vertebral body's front (y = 0 for now; shifted to the body centre below).
     canal_y = 2 * vb_ry + 3.0 + canal_ry
     erector_front = canal_y - 2.0
     back_inner = erector_front + erector_t
-    back, front = back_inner + fat_post, -visceral - wall_ant - fat_ant
-    # Fit the field of view: excess width comes out of the fat first, then the cavity.
-    lim_x, lim_y = 0.47 * 2 * fov_half[1], 0.47 * 2 * fov_half[0]
-    excess = cav_a + wall_lat + fat_lat - lim_x
-    if excess > 0:
-        cut = min(excess, fat_lat - 4.0)
-        fat_lat -= cut
-        cav_a -= excess - cut
-    excess = (back - front) / 2 - lim_y
-    if excess > 0:
-        cut = min(2 * excess, fat_ant - 5.0)
-        fat_ant -= cut
-        front += cut
-        visceral -= max(0.0, 2 * excess - cut)
-        front = -visceral - wall_ant - fat_ant
+    back = back_inner + fat_post
+    depth = min(2 * ratio * a, 2 * 0.94 * fov_half[0])
+    visceral = depth - back - wall_ant - fat_ant
+    if visceral < 70.0:
+        fat_ant = max(5.0, fat_ant - (70.0 - visceral))
+        visceral = max(70.0, depth - back - wall_ant - fat_ant)
+    elif visceral > 150.0 + 40.0 * fat:  # a deep body is a fatter one, front and back
+        extra = visceral - 150.0 - 40.0 * fat
+        fat_ant += 0.55 * extra
+        fat_post += 0.3 * extra
+        erector_t += 0.15 * extra
+        visceral = 150.0 + 40.0 * fat
+        back_inner = erector_front + erector_t
+        back = back_inner + fat_post
+    # Too deep for the field of view (a small FOV, a thick back): thin the fat, then the
+    # back muscles, then the belly.
+    excess = back + visceral + wall_ant + fat_ant - 2 * 0.9 * fov_half[0]
+    for part in ("fat_ant", "fat_post", "erector_t", "visceral"):
+        if excess <= 0:
+            break
+        floor = {"fat_ant": 4.0, "fat_post": 4.0, "erector_t": 35.0, "visceral": 60.0}[part]
+        value = {
+            "fat_ant": fat_ant,
+            "fat_post": fat_post,
+            "erector_t": erector_t,
+            "visceral": visceral,
+        }[part]
+        cut = min(excess, max(0.0, value - floor))
+        excess -= cut
+        if part == "fat_ant":
+            fat_ant -= cut
+        elif part == "fat_post":
+            fat_post -= cut
+        elif part == "erector_t":
+            erector_t -= cut
+        else:
+            visceral -= cut
+    back_inner = erector_front + erector_t
+    back = back_inner + fat_post
+    front = -visceral - wall_ant - fat_ant
     shift = (back + front) / 2
     half = (back - front) / 2
     y = lambda v: v - shift  # noqa: E731
-    spinous_y = y(back_inner) - rng.uniform(6.0, 14.0)
     sp_half = spinous_w / 2 + 1.0
     erector = (
         (sp_half + erector_out) / 2,
@@ -151,7 +191,7 @@ def draw_body(rng: np.random.Generator, fov_half: tuple[float, float]) -> Body:
         float(rng.uniform(2.2, 3.0)),
     )
     return Body(
-        a=cav_a + wall_lat + fat_lat,
+        a=a,
         b_ant=half,
         b_post=half,
         p_ant=p_ant,
@@ -172,7 +212,7 @@ def draw_body(rng: np.random.Generator, fov_half: tuple[float, float]) -> Body:
         canal_rx=canal_rx,
         canal_ry=canal_ry,
         canal_y=y(canal_y),
-        spinous_y=spinous_y,
+        spinous_y=y(back_inner) - spinous_gap,
         spinous_w=spinous_w,
         erector=erector,
         z_disc=z_disc,
@@ -190,7 +230,7 @@ def _erector_masks(body: Body, Y: np.ndarray, X: np.ndarray) -> tuple[Mask, Mask
 
 def _spine_block(body: Body, Y: np.ndarray, X: np.ndarray) -> Mask:
     """Where the spine can be at any level: kept out of the abdominal cavity."""
-    rx, ry = body.vb_rx * max(_WIDTH.values()) + 2, body.vb_ry + 2
+    rx, ry = body.vb_rx * max(WIDTH.values()) + 2, body.vb_ry + 2
     vertebral = ((X / rx) ** 2 + ((Y - body.vb_y) / ry) ** 2) < 1
     arch = (np.abs(X) < body.canal_rx + 7) & (Y > body.vb_y) & (Y < body.spinous_y + 2)
     return vertebral | arch
@@ -227,7 +267,7 @@ def paint_body_wall(
     # A thin fat plane splits multifidus (medial) from longissimus/iliocostalis (lateral).
     xc, yc, sx, sy, _ = b.erector
     split_x = xc - sx * rng.uniform(0.0, 0.35)
-    split = (np.abs(np.abs(X) - split_x - 0.25 * (Y - yc)) < 0.9) & (rng.uniform() < 0.6)
+    split = (np.abs(np.abs(X) - split_x - 0.25 * (Y - yc)) < 0.8) & (rng.uniform() < 0.4)
     back_tex = texture(rng, 4.0, (6.0, 20.0))
     sub_tex = texture(rng, 4.0, (8.0, 30.0))
 
@@ -244,200 +284,11 @@ def paint_body_wall(
     put(muscle_out & (planes | (linea_alba & ~cavity)), hu["subcutaneous_fat"], "subcutaneous_fat")
     put(cavity, hu["visceral_fat"], "visceral_fat")
     put(erector, hu["back_muscle"] + back_tex([Yf, Xf]), "erector_spinae")
-    put(erector & split, hu["subcutaneous_fat"], "erector_spinae")
+    put(erector & split, 0.3 * hu["subcutaneous_fat"] + 0.7 * hu["back_muscle"], "erector_spinae")
     canvas.cavity2d[:] = cavity & ~erector & ~_spine_block(body, Y, X)
     canvas.hu[:] = base
     if canvas.organ_ids is not None:
         canvas.organ_ids[:] = names
-
-
-def _box2d(
-    grid: object, y0: float, y1: float, x0: float, x1: float
-) -> tuple[slice, slice] | None:
-    ys = np.searchsorted(grid.y, [y0, y1])  # type: ignore[attr-defined]
-    xs = np.searchsorted(grid.x, [x0, x1])  # type: ignore[attr-defined]
-    if ys[0] >= ys[1] or xs[0] >= xs[1]:
-        return None
-    return slice(int(ys[0]), int(ys[1])), slice(int(xs[0]), int(xs[1]))
-
-
-def paint_spine(
-    rng: np.random.Generator, canvas: Canvas, body: Body, hu: dict[str, float]
-) -> None:
-    """Vertebrae level by level: body, endplates, disc, arch, spinous/transverse processes."""
-    g, b = canvas.grid, body
-    disc_h = rng.uniform(7.0, 11.0)
-    tp_scale, tp_t = rng.uniform(0.9, 1.1), rng.uniform(5.0, 8.0)
-    pixel = float(abs(g.x[1] - g.x[0])) if len(g.x) > 1 else 1.0
-    shell = max(1.8, 0.7 * pixel)  # keep the cortex visible on coarse grids
-    reach = max(_TP_REACH.values()) * tp_scale + 6
-    win = _box2d(g, b.vb_front - 4, b.spinous_y + 4, -reach, reach)
-    if win is None:
-        return
-    Y, X = g.y[win[0]][:, None], g.x[win[1]][None, :]
-    canal = ((X / b.canal_rx) ** 2 + ((Y - b.canal_y) / b.canal_ry) ** 2) < 1
-    ring = (X / (b.canal_rx + 6)) ** 2 + ((Y - b.canal_y) / (b.canal_ry + 5)) ** 2 < 1
-    ring &= ~canal & (Y > b.vb_y + 0.5 * b.vb_ry)
-    lamina = ring & (Y > b.canal_y)
-    spinous = (np.abs(X) < b.spinous_w / 2) & (Y > b.canal_y + b.canal_ry) & (Y < b.spinous_y)
-    facets = np.zeros_like(canal)
-    for side in (-1, 1):
-        facets |= ((X - side * (b.canal_rx + 5)) / 5) ** 2 + (
-            (Y - b.canal_y - 0.5 * b.canal_ry) / 6
-        ) ** 2 < 1
-    templates = {}
-    for name in LEVELS:
-        rx, ry = b.vb_rx * _WIDTH[name], b.vb_ry * (0.95 + 0.05 * _WIDTH[name])
-        d = (X / rx) ** 2 + ((Y - b.vb_y) / ry) ** 2
-        flat = Y < b.vb_y + 0.85 * ry
-        tp_len = _TP_REACH[name] * tp_scale
-        ax = np.abs(X)
-        tp = (ax > b.canal_rx) & (ax < tp_len)
-        tp = tp & (np.abs(Y - (b.canal_y - 1 + 0.12 * (ax - b.canal_rx))) < tp_t / 2)
-        templates[name] = {
-            "outer": (d < 1) & flat,
-            "inner": (d < (1 - shell / ry) ** 2) & flat & (Y < b.vb_y + 0.85 * ry - shell),
-            "disc": (d < 1.1) & flat,
-            "tp": tp,
-        }
-    for k, z in enumerate(g.z):
-        p = (z - b.z_disc) / b.level_h
-        n = int(np.floor(p))
-        f = p - n
-        name = LEVELS[int(np.clip(n + _L1, 0, len(LEVELS) - 1))]
-        t = templates[name]
-        delta = disc_h / (2 * b.level_h)
-        sl_hu, sl_id = canvas.hu[k, win[0], win[1]], None
-        if canvas.organ_ids is not None:
-            sl_id = canvas.organ_ids[k, win[0], win[1]]
-        paints: list[tuple[Mask, float, str]] = []
-        if f < delta or f > 1 - delta:
-            paints.append((t["disc"], hu["intervertebral_disc"], "intervertebral_disc"))
-            paints.append((facets | spinous, hu["posterior_elements"], "vertebra"))
-        else:
-            endplate = min(f - delta, 1 - delta - f) * b.level_h < 1.2
-            paints.append((t["outer"], hu["cortical_bone"], "vertebra"))
-            if not endplate:
-                paints.append((t["inner"], hu["cancellous_bone"], "vertebra"))
-            if 0.45 <= f <= 0.9:
-                paints.append((ring, hu["posterior_elements"], "vertebra"))
-            if 0.5 <= f <= 0.8:
-                paints.append((t["tp"], hu["posterior_elements"], "vertebra"))
-            if f < 0.45:
-                paints.append((lamina | facets, hu["posterior_elements"], "vertebra"))
-            if f < 0.75:
-                paints.append((spinous, hu["posterior_elements"], "vertebra"))
-        paints.append((canal, hu["csf"], "spinal_canal"))
-        for mask, value, organ in paints:
-            sl_hu[mask] = value
-            if sl_id is not None:
-                sl_id[mask] = canvas._organ(organ)
-
-
-def _wall_point(body: Body, psi: float, depth: float) -> tuple[float, float]:
-    """(y, x>=0) on the body outline shrunk by ``depth`` mm, at angle psi from the back."""
-    s, c = np.sin(psi), np.cos(psi)
-    a = body.a - body.fat_lat - depth
-    if c >= 0:
-        bb, p = body.b_post - body.fat_post - depth, body.p_post
-    else:
-        bb, p = body.b_ant - body.fat_ant - depth, body.p_ant
-    return float(np.sign(c) * bb * abs(c) ** (2 / p)), float(a * abs(s) ** (2 / p))
-
-
-def paint_ribs(rng: np.random.Generator, canvas: Canvas, body: Body, hu: dict[str, float]) -> None:
-    """Ribs 12 to 7 on each side: head at their vertebra, shaft along the wall, sloping down.
-
-    Ribs 11 and 12 float and end laterally; 7-10 continue as costal cartilage toward the front.
-    """
-    g, b = canvas.grid, body
-    xc, _, sx, _, _ = b.erector
-    for side in (-1, 1):
-        for rib in (12, 11, 10, 9, 8, 7):
-            z_head = b.level_z(f"T{rib}") + rng.uniform(0.0, 8.0)
-            radius, drop = rng.uniform(4.0, 5.5), rng.uniform(45.0, 85.0)
-            if rib == 12:
-                psi_end = rng.uniform(0.9, 1.3)
-            elif rib == 11:
-                psi_end = rng.uniform(1.3, 1.8)
-            else:
-                psi_end = rng.uniform(2.0, 2.45)
-            cart_end = psi_end + rng.uniform(0.25, 0.55)
-            depth = 0.5 * b.wall_lat
-            psi0 = float(np.arcsin(min(0.95, (xc + sx + 6) / (b.a - b.fat_lat - depth))))
-            psi0 = min(psi0, psi_end - 0.2)
-            head = (z_head, b.vb_y + 0.3 * b.vb_ry, side * (b.vb_rx * 0.9 + 4))
-            neck = (z_head - 3, b.canal_y + 4, side * (_TP_REACH["T12"] + 10))
-            path = [head, neck]
-            for psi in np.linspace(psi0, cart_end, 9):
-                y, x = _wall_point(b, psi, depth)
-                dz = drop * (psi - psi0) / max(cart_end - psi0, 1e-3)
-                path.append((z_head - 6 - dz, y, side * x))
-            n_bone = 2 + int(np.searchsorted(np.linspace(psi0, cart_end, 9), psi_end))
-            for i, (p0, p1) in enumerate(zip(path[:-1], path[1:], strict=True)):
-                bone = i < n_bone - 1 or rib >= 11
-                if rib >= 11 and i >= n_bone - 1:
-                    break
-                found = segment(g, p0, p1, radius)
-                if found is None:
-                    continue
-                box, dist2, _ = found
-                if bone:
-                    canvas.paint(box, dist2 < radius**2, hu["cortical_bone"], None, False, "rib")
-                    inner = dist2 < (radius - 1.6) ** 2
-                    canvas.paint(box, inner, hu["rib"] - 150.0, None, False, "rib")
-                else:
-                    cart = dist2 < (0.8 * radius) ** 2
-                    canvas.paint(box, cart, hu["costal_cartilage"], None, False, "costal_cartilage")
-
-
-def _polyline_distance(
-    Y: np.ndarray, X: np.ndarray, pts: npt.NDArray[np.float64]
-) -> tuple[np.ndarray, np.ndarray]:
-    """2D distance to a polyline of (y, x) points, and which side (+1/-1) of it each pixel is."""
-    best = np.full(np.broadcast(Y, X).shape, np.inf, np.float32)
-    sign = np.ones_like(best)
-    for (y0, x0), (y1, x1) in zip(pts[:-1], pts[1:], strict=True):
-        dy, dx = y1 - y0, x1 - x0
-        t = np.clip(((Y - y0) * dy + (X - x0) * dx) / (dy * dy + dx * dx), 0, 1)
-        d = np.hypot(Y - y0 - t * dy, X - x0 - t * dx).astype(np.float32)
-        cross = np.sign(dx * (Y - y0) - dy * (X - x0)).astype(np.float32)
-        closer = d < best
-        best = np.where(closer, d, best)
-        sign = np.where(closer, cross, sign)
-    return best, sign
-
-
-def paint_pelvis(
-    rng: np.random.Generator, canvas: Canvas, body: Body, hu: dict[str, float]
-) -> None:
-    """Iliac wings below the iliac crest, with iliacus inside and gluteal muscles outside."""
-    g, b = canvas.grid, body
-    thick, iliacus_t, glut_t = rng.uniform(6.0, 11.0), rng.uniform(12.0, 22.0), rng.uniform(
-        20.0, 35.0
-    )
-    zs = g.zslab(-np.inf, b.iliac_crest_z)
-    if zs.start == zs.stop:
-        return
-    Y, X = g.y[:, None], g.x[None, :]
-    for side in (-1, 1):
-        si = (b.canal_y - 2, side * (b.vb_rx * 1.1 + 14))
-        ctrl = (b.canal_y + 15, side * (b.cav_a - 5))
-        asis = (b.vb_y - 35, side * (b.cav_a - 8))
-        t = np.linspace(0, 1, 9)[:, None]
-        pts = (1 - t) ** 2 * np.array(si) + 2 * t * (1 - t) * np.array(ctrl) + t**2 * np.array(asis)
-        dist, sgn = _polyline_distance(Y, X, pts)
-        inner = sgn * side < 0  # the concave (abdominal) side of the wing
-        bone = dist < thick / 2
-        canvas.paint2d(inner & (dist < thick / 2 + iliacus_t) & ~bone, hu["muscle"], "iliacus", zs)
-        glut = ~inner & (dist < thick / 2 + glut_t) & ~bone
-        muscle_out = outline(
-            g.y, g.x, b.a - b.fat_lat, b.b_ant - b.fat_ant, b.b_post - b.fat_post, b.p_ant,
-            b.p_post,
-        )
-        canvas.paint2d(glut & muscle_out, hu["muscle"], "gluteal_muscle", zs)
-        canvas.paint2d(bone, hu["cortical_bone"], "iliac_bone", zs)
-        canvas.paint2d(dist < thick / 2 - 1.8, hu["cancellous_bone"], "iliac_bone", zs)
 
 
 def paint_muscles(
@@ -467,7 +318,6 @@ def paint_muscles(
             (min(bottom, b.level_z("L5") - 1), 1.0, -0.3),
         ):
             r = psoas_max * frac
-            name = b.level_z  # noqa: F841  (level widths below)
             vb = b.vb_rx * 1.05
             knots.append((z, b.vb_y + fy * b.vb_ry, side * (vb + 0.85 * r + 1.0), 1.1 * r, 0.9 * r))
         found = tube(g, knots[::-1])
@@ -476,7 +326,7 @@ def paint_muscles(
             dz, dy, dx = g.offsets(box, (0, 0, 0))
             canvas.paint(box, mask, hu["muscle"] + tex([dz, dy, dx]), organ="psoas")
     for side in (-1, 1):
-        reach = _TP_REACH["L3"]
+        reach = TP_REACH["L3"]
         y0 = b.canal_y - 4 + ql_dy
         knots = [
             (b.iliac_crest_z - 5, y0, side * (reach + ql_x), 0.9 * ql_max[1], 0.9 * ql_max[0]),
@@ -504,32 +354,34 @@ def paint_muscles(
 
 
 def paint_lungs(rng: np.random.Generator, canvas: Canvas, body: Body, hu: dict[str, float]) -> None:
-    """Lung bases in the posterior costophrenic recesses, each under a diaphragm dome."""
+    """Lung bases above each diaphragm dome, reaching lowest in the posterior recesses.
+
+    The dome's surface is a paraboloid, highest (near T9-T10) over the middle of each
+    hemithorax and lowest (T12-L1) at the back, so the lungs wrap behind the upper liver and
+    spleen and the kidneys' upper poles rather than sitting on them.
+    """
     g, b = canvas.grid, body
+    Y, X = g.y[:, None], g.x[None, :]
     for side in (-1, 1):
-        low = b.z_disc + rng.uniform(1.2, 2.2) * b.level_h + (8.0 if side < 0 else 0.0)
-        semi = (rng.uniform(80.0, 110.0), 0.5 * b.cav_b_post + 10, rng.uniform(0.35, 0.45) * b.cav_a)
-        center = (low + semi[0], 0.45 * b.cav_b_post, side * 0.55 * b.cav_a)
-        dome_t = rng.uniform(3.0, 5.0)
-        grown = (semi[0] + dome_t, semi[1] + dome_t, semi[2] + dome_t)
-        found = ellipsoid(g, center, grown)
-        if found is not None:
-            canvas.paint(found[0], found[2] < 1, hu["muscle"], organ="diaphragm")
-        found = ellipsoid(g, center, semi)
-        if found is not None:
-            canvas.paint(found[0], found[2] < 1, hu["lung"], organ="lung")
+        apex = b.z_disc + rng.uniform(3.5, 4.5) * b.level_h
+        low = b.z_disc + rng.uniform(0.8, 1.6) * b.level_h + (8.0 if side < 0 else 0.0)
+        yc, xc = 0.05 * b.cav_b_post, side * 0.5 * b.cav_a
+        half_x, back = 0.55 * b.cav_a, b.cav_b_post - yc
+        muscle_t = rng.uniform(3.0, 6.0)
+        r2 = ((X - xc) / half_x) ** 2 + ((Y - yc) / np.where(Y > yc, back, 2.5 * b.cav_b_ant)) ** 2
+        dome = (apex - (apex - low) * r2).astype(np.float32)
+        lateral = (X * side > 25.0) & canvas.cavity2d
+        for k in range(*g.zslab(low, np.inf).indices(len(g.z))):
+            z = np.float32(g.z[k])
+            diaphragm = lateral & (z > dome)
+            lung = diaphragm & (z > dome + muscle_t)
+            for mask, value, organ in (
+                (diaphragm, hu["muscle"], "diaphragm"),
+                (lung, hu["lung"], "lung"),
+            ):
+                canvas.hu[k][mask] = value
+                if canvas.organ_ids is not None:
+                    canvas.organ_ids[k][mask] = canvas._organ(organ)
 
 
-__all__ = [
-    "LEVELS",
-    "Body",
-    "capsule",
-    "draw_body",
-    "paint_body_wall",
-    "paint_lungs",
-    "paint_muscles",
-    "paint_pelvis",
-    "paint_ribs",
-    "paint_spine",
-    "superellipse",
-]
+__all__ = ["LEVELS", "Body", "draw_body", "paint_body_wall", "paint_lungs", "paint_muscles"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from kidneyseg.data.anatomy import Body
 from kidneyseg.data.kidneys import Kidney
-from kidneyseg.data.shapes import Box, Canvas, Mask, hollow_chain, inside, texture
+from kidneyseg.data.shapes import Box, Canvas, Mask, hollow_chain, texture
 from kidneyseg.data.vessels import Vessels
 
 Content = Callable[[Box, Mask], float | np.ndarray]
@@ -106,12 +106,14 @@ def paint_stomach_duodenum(
         (l2, -0.15 * b.cav_b_ant, 0.2 * b.cav_a),
     ]
     d_r = rng.uniform(11.0, 15.0)
-    d_kind = _draw_kind(rng, {"fluid": 0.35, "gas_fluid": 0.2, "collapsed": 0.3, "contrast": 0.3},
-                        oral)
+    d_kind = _draw_kind(
+        rng, {"fluid": 0.35, "gas_fluid": 0.2, "collapsed": 0.3, "contrast": 0.3}, oral
+    )
     d_fill = _content(rng, canvas, d_kind, hu, b.vb_y - 40.0)
     hollow_chain(canvas, stomach, s_radii, wall, hu["bowel_wall"], s_fill, "stomach")
-    hollow_chain(canvas, duodenum, [d_r] * len(duodenum), 2.5, hu["bowel_wall"], d_fill,
-                 "small_bowel")
+    hollow_chain(
+        canvas, duodenum, [d_r] * len(duodenum), 2.5, hu["bowel_wall"], d_fill, "small_bowel"
+    )
     return [(p, (r, r, r), np.eye(3)) for p, r in zip(stomach, s_radii, strict=True)] + [
         (p, (d_r, d_r, d_r), np.eye(3)) for p in duodenum
     ]
@@ -172,9 +174,14 @@ def paint_small_bowel(
 ) -> None:
     """Loops as persistent random walks through the anterior and lower abdomen."""
     b = body
-    n_loops = int(round(rng.uniform(6, 12) * (1.0 - 0.35 * b.adiposity)))
-    z_lo, z_hi = b.z_disc - 4.5 * b.level_h, b.z_disc + 0.6 * b.level_h
+    n_loops = int(round(rng.uniform(16, 30) * (1.0 - 0.35 * b.adiposity)))
+    z_lo, z_hi = b.z_disc - 4.5 * b.level_h, b.z_disc + 1.0 * b.level_h
     weights = {"fluid": 0.35, "gas_fluid": 0.1, "gas": 0.05, "collapsed": 0.3, "contrast": 0.3}
+
+    # Obstacles as arrays, so one test of a point against all of them is one numpy call.
+    centers = np.array([o[0] for o in avoid], dtype=np.float64).reshape(-1, 3)
+    semis = np.array([o[1] for o in avoid], dtype=np.float64).reshape(-1, 3)
+    rots = np.array([o[2] for o in avoid], dtype=np.float64).reshape(-1, 3, 3)
 
     def free(p: np.ndarray, r: float) -> bool:
         ya = b.cav_b_ant if p[1] < 0 else b.cav_b_post
@@ -183,24 +190,26 @@ def paint_small_bowel(
             return False
         if p[1] > b.vb_front - 15 and abs(p[2]) < b.vb_rx + 40:  # spine, psoas, aorta, IVC
             return False
-        return not any(inside(p, o, pad=r) for o in avoid)
+        u = np.einsum("nji,nj->ni", rots, p - centers)  # into each obstacle's own axes
+        return not bool((((u / (semis + 0.3 * r)) ** 2).sum(axis=1) < 1).any())
 
     for _ in range(n_loops):
-        r = rng.uniform(9.0, 14.0)
+        r = rng.uniform(10.0, 16.0)
         kind = _draw_kind(rng, weights, oral)
-        start = np.array(
+        starts = np.column_stack(
             [
-                rng.uniform(z_lo, z_hi),
-                rng.uniform(-0.95 * b.cav_b_ant, b.vb_front),
-                rng.uniform(-0.8 * b.cav_a, 0.8 * b.cav_a),
+                rng.uniform(z_lo, z_hi, size=8),
+                rng.uniform(-0.95 * b.cav_b_ant, b.vb_front, size=8),
+                rng.uniform(-0.85 * b.cav_a, 0.85 * b.cav_a, size=8),
             ]
         )
-        steps, step = int(rng.integers(5, 11)), rng.uniform(18.0, 28.0)
+        steps, step = int(rng.integers(6, 14)), rng.uniform(18.0, 28.0)
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
-        proposals = rng.normal(size=(steps, 4, 3))
-        fill = _content(rng, canvas, kind, hu, float(start[1]) + rng.uniform(-5, 5))
-        if not free(start, r):
+        proposals = rng.normal(size=(steps, 6, 3))
+        fill = _content(rng, canvas, kind, hu, float(starts[0, 1]) + rng.uniform(-5, 5))
+        start = next((c for c in starts if free(c, r)), None)
+        if start is None:
             continue
         points = [start]
         for tries in proposals:
@@ -215,5 +224,6 @@ def paint_small_bowel(
             else:
                 break
         if len(points) > 1:
-            hollow_chain(canvas, points, [r] * len(points), 2.5, hu["bowel_wall"], fill,
-                         "small_bowel")
+            hollow_chain(
+                canvas, points, [r] * len(points), 2.5, hu["bowel_wall"], fill, "small_bowel"
+            )

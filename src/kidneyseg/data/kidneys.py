@@ -90,7 +90,10 @@ def place_kidneys(rng: np.random.Generator, body: Body) -> list[Kidney]:
 
 
 def paint_perirenal_fat(
-    rng: np.random.Generator, canvas: Canvas, body: Body, kidneys: Sequence[Kidney],
+    rng: np.random.Generator,
+    canvas: Canvas,
+    body: Body,
+    kidneys: Sequence[Kidney],
     hu: dict[str, float],
 ) -> None:
     """Fat around each kidney (a fat plane that separates it from liver, spleen and bowel)."""
@@ -157,8 +160,8 @@ def paint_ureters(
         filled = rng.random(3) < 0.65
         start = k.world((-0.25 * k.semi[0], 0.0, 0.9 * k.semi[2]))
         x = k.side * (body.vb_rx * 1.05 + rng.uniform(8.0, 16.0))
-        mid = (start[0] - 40.0, body.vb_y - 0.2 * body.vb_ry - 12.0, x)
-        end = (min(lo, mid[0] - 1), body.vb_y - 0.5 * body.vb_ry - 14.0, 0.9 * x)
+        mid = np.array([start[0] - 40.0, body.vb_y - 0.2 * body.vb_ry - 12.0, x])
+        end = np.array([min(lo, mid[0] - 1), body.vb_y - 0.5 * body.vb_ry - 14.0, 0.9 * x])
         for (p0, p1), full in zip(((start, mid), (mid, end)), filled, strict=False):
             found = capsule(g, p0, p1, r)
             if found is not None:
@@ -166,16 +169,42 @@ def paint_ureters(
                 canvas.paint(*found, value, organ="ureter")
 
 
-def paint_kidney(
-    rng: np.random.Generator, canvas: Canvas, k: Kidney, hu: dict[str, float]
-) -> None:
-    """Cortex, medullary pyramids, sinus fat, renal pelvis and infundibula of one kidney."""
+def _pyramids(rng: np.random.Generator, k: Kidney, cortex_t: float) -> list[tuple]:
+    """Medullary pyramids: cones from a papilla by the sinus out to under the cortex.
+
+    Two rows (anterior and posterior lip of the kidney) of 4-6 cones each, spread along the
+    long axis, pointing laterally away from the hilum; returns ``(apex, direction, height,
+    base radius)`` in kidney-local mm.
+    """
+    semi = np.asarray(k.semi)
+    sinus = np.array([0.0, 0.0, 0.3 * semi[2]])
+    per_row = int(rng.integers(4, 7))
+    out = []
+    for row in (-1, 1):
+        for alpha in np.linspace(-1.15, 1.15, per_row) + rng.uniform(-0.12, 0.12, per_row):
+            beta = row * np.deg2rad(rng.uniform(35.0, 65.0))
+            d = np.array(
+                [np.sin(alpha), np.cos(alpha) * np.sin(beta), -np.cos(alpha) * np.cos(beta)]
+            )
+            # Distance from the sinus centre to the kidney surface along d.
+            qa = float(np.sum((d / semi) ** 2))
+            qb = float(2 * np.sum(sinus * d / semi**2))
+            qc = float(np.sum((sinus / semi) ** 2) - 1)
+            t_surf = (-qb + np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
+            t_apex = rng.uniform(0.2, 0.35) * t_surf
+            height = max(t_surf - cortex_t - t_apex, 3.0)
+            out.append((sinus + t_apex * d, d, height, rng.uniform(7.0, 11.0)))
+    return out
+
+
+def paint_kidney(rng: np.random.Generator, canvas: Canvas, k: Kidney, hu: dict[str, float]) -> None:
+    """Cortex, medullary pyramids, sinus fat, renal pelvis, infundibula and calyces."""
     cortex_t = rng.uniform(5.0, 8.0)
-    n_pyr, phase = int(rng.integers(5, 8)), np.float32(rng.uniform(0, 2 * np.pi))
     cortex_hu = hu["kidney_cortex"] + rng.uniform(-5.0, 5.0)
     medulla_hu = hu["kidney_medulla"] + rng.uniform(-5.0, 5.0)
     tex = texture(rng, 3.0, (8.0, 20.0))
-    infundibulum_r = rng.uniform(2.5, 4.0)
+    infundibulum_r, calyx_r = rng.uniform(2.5, 4.0), rng.uniform(2.5, 3.5)
+    pyramids = _pyramids(rng, k, cortex_t)
     found = ellipsoid(canvas.grid, k.center, k.semi, k.rot)
     if found is None:
         return
@@ -188,24 +217,76 @@ def paint_kidney(
     inside = r2 < 1
     notch = local_ellipsoid((0, 0, 0.95 * lat), (0.35 * L, 0.55 * ap, 0.5 * lat))
     parenchyma = inside & ~notch
-    inner = local_ellipsoid((0, 0, 0), (L - cortex_t, ap - cortex_t, lat - cortex_t))
-    # Pyramids: wedges around the sinus, separated by columns of cortex (Bertin).
-    theta = np.arctan2(u[0] / L, (u[1] + u[2]) / (ap + lat))
-    pyramids = inner & (np.cos(n_pyr * theta + phase) > -0.25)
     pelvis = inside & local_ellipsoid((0, 0, 0.45 * lat), (0.3 * L, 0.35 * ap, 0.4 * lat))
-    # Infundibula: the collecting system's branches to the upper and lower calyces.
+    medulla = np.zeros(r2.shape, bool)
     collecting = pelvis.copy()
+    # Each pyramid is evaluated over the sub-box around it only (cheap at 0.7 mm voxels).
+    for apex, d, height, base in pyramids:
+        world = k.world(apex + d * height / 2)
+        half = np.full(3, height / 2 + base + 2.0)
+        sub = canvas.grid.box(world, half)
+        if sub is None:
+            continue
+        rel = tuple(
+            slice(max(s.start - b.start, 0), max(min(s.stop, b.stop) - b.start, 0))
+            for s, b in zip(sub, box, strict=True)
+        )
+        w = [np.broadcast_to(u[j], r2.shape)[rel] - np.float32(apex[j]) for j in range(3)]
+        along = w[0] * np.float32(d[0]) + w[1] * np.float32(d[1]) + w[2] * np.float32(d[2])
+        perp2 = w[0] ** 2 + w[1] ** 2 + w[2] ** 2 - along**2
+        cone = (along > 0) & (along < height) & (perp2 < (base * along / height) ** 2)
+        medulla[rel] |= cone
+        tip = w[0] ** 2 + w[1] ** 2 + w[2] ** 2 < calyx_r**2  # minor calyx cupping the papilla
+        collecting[rel] |= tip
+    # Infundibula: the collecting system's branches to the upper and lower calyces.
     for end in ((0.6 * L, 0.0, 0.05 * lat), (-0.6 * L, 0.0, 0.05 * lat)):
         d = np.asarray(end) - np.array([0.0, 0.0, 0.35 * lat])
-        t = np.clip(
-            (u[0] * d[0] + u[1] * d[1] + (u[2] - 0.35 * lat) * d[2]) / float(d @ d), 0, 1
+        t = np.clip((u[0] * d[0] + u[1] * d[1] + (u[2] - 0.35 * lat) * d[2]) / float(d @ d), 0, 1)
+        dist2 = (
+            (u[0] - t * d[0]) ** 2 + (u[1] - t * d[1]) ** 2 + (u[2] - 0.35 * lat - t * d[2]) ** 2
         )
-        dist2 = (u[0] - t * d[0]) ** 2 + (u[1] - t * d[1]) ** 2 + (u[2] - 0.35 * lat - t * d[2]) ** 2
-        collecting |= inside & (dist2 < infundibulum_r**2)
+        collecting |= dist2 < infundibulum_r**2
+    collecting &= inside
     canvas.paint(box, notch & inside & ~pelvis, hu["renal_sinus_fat"], organ="renal_sinus_fat")
     canvas.paint(box, parenchyma, cortex_hu + tex(u), KIDNEY, organ="kidney_cortex")
-    canvas.paint(box, parenchyma & pyramids, medulla_hu, KIDNEY, organ="kidney_medulla")
+    canvas.paint(box, parenchyma & medulla, medulla_hu, KIDNEY, organ="kidney_medulla")
     canvas.paint(box, collecting, hu["excreted_contrast"], KIDNEY, organ="collecting_system")
+
+
+def paint_adrenals(
+    rng: np.random.Generator,
+    canvas: Canvas,
+    body: Body,
+    hu: dict[str, float],
+    aorta: tuple[float, float, float],
+    ivc: tuple[float, float, float, float],
+    kidneys: Sequence[Kidney],
+) -> None:
+    """Inverted-Y adrenal limbs above each kidney's upper pole (the right behind the IVC, the
+    left beside the aorta); drawn for both kidneys' places, as after a nephrectomy."""
+    iy, ix, isy, _ = ivc
+    ay, ax, ar = aorta
+    for k in kidneys:
+        pole = k.upper_pole
+        r = rng.uniform(2.5, 3.5)
+        if k.side < 0:
+            apex = (
+                pole[0] + rng.uniform(5.0, 25.0),
+                iy + isy + rng.uniform(6.0, 12.0),
+                ix - rng.uniform(0.0, 8.0),
+            )
+            limbs = ((-18.0, 16.0, 6.0), (-18.0, 14.0, -12.0))
+        else:
+            apex = (
+                pole[0] + rng.uniform(-5.0, 15.0),
+                ay + rng.uniform(0.0, 8.0),
+                ax + ar + rng.uniform(12.0, 20.0),
+            )
+            limbs = ((-18.0, 18.0, 4.0), (-18.0, 14.0, -6.0))
+        for dz, dy, dx in limbs:
+            found = capsule(canvas.grid, apex, np.add(apex, (dz, dy, dx)), r)
+            if found is not None:
+                canvas.paint(*found, hu["adrenal"], organ="adrenal")
 
 
 def mass_center(rng: np.random.Generator, k: Kidney, radius: float, exophytic: bool) -> tuple:
@@ -227,6 +308,7 @@ def paint_masses(
     canvas: Canvas,
     kidneys: Sequence[Kidney],
     hu: dict[str, float],
+    phase: str,
 ) -> tuple[int, int, list[str]]:
     """Cysts then tumors on the kidneys present (tumor painted last, so it wins).
 
@@ -259,7 +341,10 @@ def paint_masses(
         amp = {"clear_cell": rng.uniform(12.0, 25.0), "papillary": rng.uniform(3.0, 8.0)}.get(
             subtype, rng.uniform(6.0, 12.0)
         )
-        tex = texture(rng, amp, (0.4 * r + 4, 1.2 * r + 8))
+        # Heterogeneity is mostly uneven enhancement: faint without contrast.
+        tex = texture(
+            rng, amp * (0.35 if phase == "noncontrast" else 1.0), (0.4 * r + 4, 1.2 * r + 8)
+        )
         shape_tex = texture(rng, 0.12, (0.5 * r + 3, r + 6))
         p_necrosis = 0.6 if subtype == "clear_cell" else 0.25
         necrosis = rng.uniform(0.15, 0.35) if r > 20 and rng.random() < p_necrosis else 0.0
@@ -279,6 +364,7 @@ __all__ = [
     "TUMOR_TYPES",
     "Kidney",
     "mass_center",
+    "paint_adrenals",
     "paint_kidney",
     "paint_masses",
     "paint_perirenal_fat",

@@ -41,12 +41,20 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from kidneyseg.data import anatomy, gut, kidneys, organs, scanner, tissues, vessels
+import kidneyseg.data.anatomy as anatomy
+import kidneyseg.data.gut as gut
+import kidneyseg.data.kidneys as kidneys
+import kidneyseg.data.organs as organs
+import kidneyseg.data.scanner as scanner
+import kidneyseg.data.tissues as tissues
+import kidneyseg.data.vessels as vessels
 from kidneyseg.data.kits import IMAGE_NAME, KitsCase
 from kidneyseg.data.shapes import Canvas, Grid
 from kidneyseg.data.tissues import PHASES
 from kidneyseg.errors import KidneysegError
-from kidneyseg.types import Volume
+from kidneyseg.io import write_volume
+from kidneyseg.types import Volume, from_canonical
+from kidneyseg.utils import atomic_dir, check_writable_dir
 
 #: Canonical ``(slices, rows, cols)`` of the default phantom: small, so the CPU demo is quick.
 DEFAULT_SHAPE = (48, 128, 128)
@@ -194,14 +202,15 @@ def _build(
     avoid += gut.paint_colon(rng_anat, canvas, body, hu, placed, oral)
     fossae = [(k.center, tuple(s + 12.0 for s in k.semi), k.rot) for k in present]
     gut.paint_small_bowel(rng_anat, canvas, body, hu, avoid + fossae, oral)
+    vessels.paint_mesentery(rng_anat, canvas, body, ves, hu)
     anatomy.paint_lungs(rng_anat, canvas, body, hu)
-    anatomy.paint_pelvis(rng_anat, canvas, body, hu)
+    organs.paint_pelvis(rng_anat, canvas, body, hu)
     kidneys.paint_perirenal_fat(rng_anat, canvas, body, present, hu)
     anatomy.paint_muscles(rng_anat, canvas, body, hu, ves.aorta)
     vessels.paint_vessels(rng_anat, canvas, body, ves, hu, renal_vein_z=float(placed[1].hilum[0]))
-    organs.paint_adrenals(rng_anat, canvas, body, hu, ves, placed)
-    anatomy.paint_spine(rng_anat, canvas, body, hu)
-    anatomy.paint_ribs(rng_anat, canvas, body, hu)
+    kidneys.paint_adrenals(rng_anat, canvas, body, hu, ves.aorta, ves.ivc, placed)
+    organs.paint_spine(rng_anat, canvas, body, hu)
+    organs.paint_ribs(rng_anat, canvas, body, hu)
     fossa = placed[missing].hilum if missing is not None else None
     sources = scanner.paint_metal(rng_anat, canvas, body, hu, fossa)
     kidneys.paint_renal_vessels(canvas, present, ves.aorta, ves.ivc, hu)
@@ -209,7 +218,7 @@ def _build(
     # Labelled structures last: nothing unlabelled is painted over them.
     for k in present:
         kidneys.paint_kidney(rng_anat, canvas, k, hu)
-    n_tumors, n_cysts, subtypes = kidneys.paint_masses(rng_anat, canvas, present, hu)
+    n_tumors, n_cysts, subtypes = kidneys.paint_masses(rng_anat, canvas, present, hu, phase_name)
     if phase_name == "delayed":  # dense excreted contrast streaks a little
         strength = float(np.clip(0.05 * (hu["excreted_contrast"] - 200.0), 0.0, 60.0))
         for k in present:
@@ -225,6 +234,7 @@ def _build(
         "tumor_types": ",".join(subtypes),
         "phase": phase_name,
         "oral_contrast": "yes" if oral else "no",
+        "noise_hu": f"{scan.noise:.1f}",
         "seed": str(int(seed)),
     }
     return _Built(ct, canvas, spacing, table, body, present, hu, phase_name, metadata)
@@ -321,8 +331,6 @@ def make_phantom_anatomy(
 
 def _file_order(canonical: np.ndarray, direction: npt.NDArray[np.float64]) -> np.ndarray:
     """A contiguous file-order array from a canonical one (see `kidneyseg.types`)."""
-    from kidneyseg.types import from_canonical
-
     return np.ascontiguousarray(from_canonical(canonical, direction))
 
 
@@ -346,17 +354,21 @@ def case_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def _write_case(out_dir: str, index: int, seed: int, shape: tuple[int, int, int]) -> str:
-    from kidneyseg.io import write_volume
-    from kidneyseg.utils import atomic_dir
-
+def _write_case(
+    out_dir: str,
+    index: int,
+    seed: int,
+    shape: tuple[int, int, int],
+    phases: tuple[str, ...] | None,
+) -> str:
     case_id = f"case_{index:05d}"
-    ct, labels = make_phantom(seed, shape, case_id=case_id)
+    ct, labels = make_phantom(seed, shape, case_id=case_id, phase=phases)
     stamp = {
         **ct.metadata,
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "shape": list(shape),
+        "phases": list(phases) if phases else None,
     }
     with atomic_dir(Path(out_dir) / case_id) as tmp:
         write_volume(ct, tmp / IMAGE_NAME)
@@ -365,7 +377,9 @@ def _write_case(out_dir: str, index: int, seed: int, shape: tuple[int, int, int]
     return case_id
 
 
-def _is_done(case_dir: Path, seed: int, shape: tuple[int, int, int]) -> bool:
+def _is_done(
+    case_dir: Path, seed: int, shape: tuple[int, int, int], phases: tuple[str, ...] | None
+) -> bool:
     """True when ``case_dir`` already holds this exact phantom (a resumed cohort)."""
     try:
         stamp = json.loads((case_dir / "phantom.json").read_text(encoding="utf-8"))
@@ -375,6 +389,7 @@ def _is_done(case_dir: Path, seed: int, shape: tuple[int, int, int]) -> bool:
         stamp.get("generator_version") == GENERATOR_VERSION
         and stamp.get("seed") == seed
         and stamp.get("shape") == list(shape)
+        and stamp.get("phases") == (list(phases) if phases else None)
         and (case_dir / IMAGE_NAME).is_file()
         and (case_dir / LABEL_NAME).is_file()
     )
@@ -387,13 +402,14 @@ def write_cohort(
     shape: tuple[int, int, int] | None = None,
     workers: int = 1,
     progress: bool = True,
+    phases: Sequence[str] | None = None,
 ) -> list[KitsCase]:
     """Write ``cases`` phantoms in the KiTS layout (``OUT/case_XXXXX/*.nii.gz``).
 
     Each case folder is written under a temporary name and renamed when complete, so a case
     folder is complete or absent. Cases already written with the same seed and shape are kept
     (an interrupted cohort resumes). A ``phantom.json`` beside the images records how the case
-    was made (seed, shape, kidneys present, number of tumors and cysts, file orientation).
+    was made (seed, shape, contrast phase, kidneys present, tumors and cysts, file orientation).
 
     Args:
         out_dir: output folder (created).
@@ -402,32 +418,34 @@ def write_cohort(
         shape: canonical ``(slices, rows, cols)`` of every case; default `DEFAULT_SHAPE`.
         workers: parallel processes.
         progress: show a progress bar (on a terminal).
+        phases: contrast phases to draw among (``noncontrast``, ``arterial``, ``venous``,
+            ``delayed``); default all four, mostly arterial (the KiTS phase). A case's anatomy
+            is the same whichever phase it gets.
 
     Returns:
         The cases, sorted by id.
 
     Raises:
-        KidneysegError: ``cases`` < 1, a bad shape, or an unwritable ``out_dir``.
+        KidneysegError: ``cases`` < 1, a bad shape or phase, or an unwritable ``out_dir``.
 
     Example:
         >>> cases = write_cohort("phantoms", cases=4, seed=0)  # doctest: +SKIP
         >>> cases[0].image.name, cases[0].label.name  # doctest: +SKIP
         ('imaging.nii.gz', 'segmentation.nii.gz')
     """
-    from kidneyseg.utils import check_writable_dir
-
     if int(cases) < 1:
         raise KidneysegError(f"number of cases must be at least 1, got {cases}")
     if int(workers) < 1:
         raise KidneysegError(f"workers must be at least 1, got {workers}")
     dims = _check_shape(shape)
+    allowed = None if phases is None else _phase_choice(tuple(phases))[1]
     out = check_writable_dir(out_dir)
     todo = []
     for i in range(int(cases)):
         s = case_seed(seed, i)
-        if not _is_done(out / f"case_{i:05d}", s, dims):
+        if not _is_done(out / f"case_{i:05d}", s, dims, allowed):
             todo.append((i, s))
-    _run(todo, int(workers), progress, out, dims)
+    _run(todo, int(workers), progress, out, dims, allowed)
     return [
         KitsCase(
             f"case_{i:05d}", out / f"case_{i:05d}" / IMAGE_NAME, out / f"case_{i:05d}" / LABEL_NAME
@@ -442,6 +460,7 @@ def _run(
     progress: bool,
     out: Path,
     shape: tuple[int, int, int],
+    phases: tuple[str, ...] | None,
 ) -> None:
     from tqdm import tqdm
 
@@ -449,7 +468,7 @@ def _run(
     try:
         if workers == 1 or len(todo) <= 1:
             for i, s in todo:
-                _write_case(str(out), i, s, shape)
+                _write_case(str(out), i, s, shape, phases)
                 bar.update()
             return
         import multiprocessing
@@ -460,7 +479,7 @@ def _run(
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = [pool.submit(_write_case, str(out), i, s, shape) for i, s in todo]
+            futures = [pool.submit(_write_case, str(out), i, s, shape, phases) for i, s in todo]
             for future in as_completed(futures):
                 future.result()
                 bar.update()

@@ -69,7 +69,7 @@ def draw_scanner(
     reference = rng.uniform(12.0, 28.0)  # HU at 0.75 mm pixels, 2.5 mm slices, average body
     size = float(np.clip(body.a / 150.0, 0.8, 1.6))
     noise = reference * size * (0.75 / pixel) ** 0.25 * (2.5 / thickness) ** 0.5
-    blur = (rng.uniform(0.3, 0.5), *(rng.uniform(0.45, 0.8),) * 2)
+    blur = (rng.uniform(0.3, 0.5), *(rng.uniform(0.3, 0.65),) * 2)
     cupping = rng.uniform(5.0, 20.0) if rng.random() < 0.3 else 0.0
     circle = rng.random() < 0.4
     return Scanner(float(np.clip(noise, 4.0, 60.0)), blur, cupping, circle)  # type: ignore[arg-type]
@@ -123,8 +123,12 @@ def paint_metal(
         for side in (-1, 1):
             rod = (b.canal_y + 14.0, side * (b.canal_rx + 9.0))
             for z in zs:
-                screw = capsule(g, (z, b.canal_y + 12.0, side * (b.canal_rx + 8.0)),
-                                (z, b.vb_y, side * 0.35 * b.vb_rx), 3.0)
+                screw = capsule(
+                    g,
+                    (z, b.canal_y + 12.0, side * (b.canal_rx + 8.0)),
+                    (z, b.vb_y, side * 0.35 * b.vb_rx),
+                    3.0,
+                )
                 if screw is not None:
                     canvas.paint(*screw, hu["metal"], None, False, "metal")
             found = capsule(g, (zs[-1], *rod), (zs[0], *rod), 3.0)
@@ -145,9 +149,7 @@ def _streak_pattern(
     return lines, rng.uniform(40.0, 90.0)
 
 
-def add_streaks(
-    rng: np.random.Generator, hu: Array, grid: Grid, sources: Sequence[Source]
-) -> None:
+def add_streaks(rng: np.random.Generator, hu: Array, grid: Grid, sources: Sequence[Source]) -> None:
     """Bright and dark lines through each source, fading with distance, on its slices."""
     pixel = float(abs(grid.x[1] - grid.x[0])) if len(grid.x) > 1 else 1.0
     width = max(1.0, 0.5 * pixel)

@@ -115,9 +115,12 @@ HU_TABLE: Final[dict[str, dict[str, Range]]] = {
     # Spleen: unenhanced below liver [K]; arciform, mottled in the arterial phase [P].
     "spleen": _phases((40.0, 55.0), (90.0, 150.0), (110.0, 140.0), (85.0, 110.0)),
     "pancreas": _phases((30.0, 50.0), (90.0, 140.0), (80.0, 120.0), (60.0, 90.0)),  # [P][approx]
+    # Adrenal glands; also used for mesenteric lymph nodes (soft tissue, mild enhancement).
     "adrenal": _phases((10.0, 40.0), (50.0, 90.0), (50.0, 85.0), (40.0, 70.0)),  # [P][approx]
     # --- kidney [Y][C][KITS19] -------------------------------------------------------------
-    "kidney_cortex": _phases((30.0, 45.0), (140.0, 240.0), (120.0, 200.0), (90.0, 140.0)),
+    # Corticomedullary cortex 150-250: KiTS19 slices measured here have a kidney 90th
+    # percentile of 123-255 HU (10th-90th pct), i.e. a cortex often saturating [0, 200].
+    "kidney_cortex": _phases((30.0, 45.0), (150.0, 250.0), (120.0, 200.0), (90.0, 140.0)),
     "kidney_medulla": _phases((25.0, 40.0), (60.0, 110.0), (120.0, 200.0), (100.0, 150.0)),
     "urine": _same(0.0, 20.0),  # [P] unopacified collecting system, ureter
     "excreted_contrast": _phases((0.0, 20.0), (0.0, 20.0), (10.0, 60.0), (300.0, 1200.0)),  # [U]

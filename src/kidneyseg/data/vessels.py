@@ -7,6 +7,7 @@ renal veins carries the enhanced renal return (so it is brighter there in the ar
 the "mixing" of unenhanced infrarenal and enhanced renal blood). The superior mesenteric
 artery leaves the aorta at L1 and runs down in front of it with the superior mesenteric vein on
 its right; behind the pancreatic neck the SMV and the splenic vein form the portal vein.
+Small mesenteric branches and lymph nodes speckle the fat between the bowel loops.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kidneyseg.data.anatomy import Body
-from kidneyseg.data.shapes import Canvas, capsule, ellipsoid, tube
+from kidneyseg.data.shapes import Canvas, capsule, ellipsoid, segment, tube
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ def draw_vessels(rng: np.random.Generator, body: Body) -> Vessels:
         conf[1] + rng.uniform(0.0, 10.0),
         -rng.uniform(0.25, 0.35) * b.cav_a,
     )
-    hilum = (b.level_z("T12") + rng.uniform(-0.3, 0.3) * b.level_h, 0.1 * b.cav_b_post, 0.6 * b.cav_a)
+    hilum = (
+        b.level_z("T12") + rng.uniform(-0.3, 0.3) * b.level_h,
+        0.1 * b.cav_b_post,
+        0.6 * b.cav_a,
+    )
     return Vessels(aorta, ivc, bif, sma, smv, conf, porta, hilum)
 
 
@@ -99,9 +104,9 @@ def paint_vessels(
             if not bif < z < top:
                 continue
             c = (z, ao_y + ao_r * np.cos(angle), ao_x + ao_r * np.sin(angle))
-            found = ellipsoid(g, c, (r, r, r))
-            if found is not None:
-                canvas.paint(found[0], found[2] < 1, hu["calcification"], organ="calcification")
+            plaque = ellipsoid(g, c, (r, r, r))
+            if plaque is not None:
+                canvas.paint(plaque[0], plaque[2] < 1, hu["calcification"], organ="calcification")
     # IVC: formed by the iliac veins below the bifurcation, darker below the renal veins in the
     # arterial phase (unenhanced leg return), brighter above (enhanced renal return).
     iy, ix, sy, sx = v.ivc
@@ -140,3 +145,45 @@ def paint_portal_vein(
     found = capsule(canvas.grid, v.confluence, v.porta, rng.uniform(6.0, 8.0))
     if found is not None:
         canvas.paint(*found, hu["portal_vein"], organ="portal_vein")
+
+
+def paint_mesentery(
+    rng: np.random.Generator, canvas: Canvas, body: Body, v: Vessels, hu: dict[str, float]
+) -> None:
+    """Small mesenteric vessels and lymph nodes in the fat between the bowel loops.
+
+    Short branches radiate from the SMA/SMV root toward the bowel; nodes are 3-7 mm soft-tissue
+    ovals (small kidney look-alikes without contrast). Both only replace fat.
+    """
+    b, g = body, canvas.grid
+    root = np.array([v.sma[0] - 20.0, v.smv[0], v.smv[1]])
+    n_vessels, n_nodes = int(rng.integers(25, 55)), int(rng.integers(4, 16))
+    ends = np.column_stack(
+        [
+            rng.uniform(b.z_disc - 4.0 * b.level_h, b.z_disc + 0.3 * b.level_h, n_vessels),
+            rng.uniform(-0.8 * b.cav_b_ant, b.vb_front - 20.0, n_vessels),
+            rng.uniform(-0.6 * b.cav_a, 0.6 * b.cav_a, n_vessels),
+        ]
+    )
+    frac, lengths = rng.uniform(0.3, 0.8, n_vessels), rng.uniform(15.0, 40.0, n_vessels)
+    radii, arterial = rng.uniform(1.2, 2.5, n_vessels), rng.random(n_vessels) < 0.5
+    nodes = ends[:n_nodes] + rng.normal(scale=10.0, size=(n_nodes, 3))
+    node_r = rng.uniform(1.5, 3.5, size=(n_nodes, 3))
+    for end, f, length, r, art in zip(ends, frac, lengths, radii, arterial, strict=True):
+        start = root + f * (end - root)
+        d = end - start
+        stop = start + d * min(1.0, length / max(float(np.linalg.norm(d)), 1e-6))
+        found = segment(g, start, stop, r)
+        if found is None:
+            continue
+        box, dist2, _ = found
+        before = canvas.hu[box]
+        mask = (dist2 < r * r) & (before > -200) & (before < -30)
+        canvas.paint(box, mask, hu["aorta" if art else "portal_vein"], organ="mesenteric_vessel")
+    for c, semi in zip(nodes, node_r, strict=True):
+        node = ellipsoid(g, c, semi)
+        if node is not None:
+            box, _, r2 = node
+            before = canvas.hu[box]
+            mask = (r2 < 1) & (before > -200) & (before < -30)
+            canvas.paint(box, mask, hu["adrenal"], organ="lymph_node")

@@ -1,0 +1,255 @@
+"""The fast cascade: find the kidneys on a coarse pass, then segment only around them.
+
+Most of an abdominal CT holds no kidney, and the networks are fully convolutional, so the
+cascade's answer inside a generous crop equals its answer on the whole slice. Fast mode:
+
+1. **Coarse pass.** Phase 1 on every k-th axial slice (k = ``inference.coarse_step_mm`` / slice
+   spacing; a kidney is longer than 40 mm, so a 10 mm step cannot miss one), only inside the
+   body's bounding box (air around the patient is skipped).
+2. **Boxes.** The kidney pixels found are grouped by body side (left / right of the body's
+   midline); each group gets an axial range (one step beyond its outermost hits) and an
+   in-plane box, both grown by ``inference.crop_margin_mm``.
+3. **Dense phase 1** on every slice of each box, at full resolution. A mask that touches its
+   box's edge (where the box is not already the image edge) grows the box and runs again.
+4. **Phase 2** only on slices whose region is non-empty, on a box around the region.
+
+`segment_cascade` runs this when ``inference.mode = "fast"`` (the default) and the whole-slice
+cascade with ``"naive"``; `kidneyseg.inference.Predictor` and the phase-1 regions of phase-2
+training (`kidneyseg.regions`) both call it. ``benchmarks/predict_speed.py`` times both modes and
+reports the Dice between their label maps.
+
+Example:
+    >>> kidney, tumor, region = segment_cascade(k_runner, t_runner, ct, spacing,
+    ...                                         cfg.inference)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kidneyseg.config import InferenceConfig
+from kidneyseg.normalization import expand_region
+from kidneyseg.phase_runner import PhaseRunner
+
+#: HU above which a voxel belongs to the patient (or the table), not the air around them.
+BODY_HU = -500
+#: Most times a box grows when the mask touches its edge.
+MAX_GROWTH = 3
+
+
+@dataclass
+class Box:
+    """An axial range ``[z0, z1)`` and an in-plane box ``[y0, y1) x [x0, x1)`` (canonical)."""
+
+    z0: int
+    z1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def plane(self) -> tuple[int, int, int, int]:
+        return self.y0, self.y1, self.x0, self.x1
+
+    @property
+    def voxels(self) -> int:
+        return (self.z1 - self.z0) * (self.y1 - self.y0) * (self.x1 - self.x0)
+
+
+def merge_if_cheaper(boxes: list[Box]) -> list[Box]:
+    """The boxes, or their bounding box when that costs no more voxels than they do together
+    (two crops that overlap heavily run faster as one).
+
+    Example:
+        >>> merge_if_cheaper([Box(0, 4, 0, 8, 0, 5), Box(0, 4, 0, 8, 3, 8)])
+        [Box(z0=0, z1=4, y0=0, y1=8, x0=0, x1=8)]
+    """
+    if len(boxes) < 2:
+        return boxes
+    union = Box(
+        min(b.z0 for b in boxes),
+        max(b.z1 for b in boxes),
+        min(b.y0 for b in boxes),
+        max(b.y1 for b in boxes),
+        min(b.x0 for b in boxes),
+        max(b.x1 for b in boxes),
+    )
+    return [union] if union.voxels <= sum(b.voxels for b in boxes) else boxes
+
+
+def body_box(ct: npt.NDArray[Any], slices: npt.NDArray[np.intp]) -> tuple[int, int, int, int]:
+    """In-plane bounding box ``(y0, y1, x0, x1)`` of voxels above `BODY_HU` on some slices.
+
+    Example:
+        >>> ct = np.full((3, 8, 8), -1000); ct[:, 2:5, 1:7] = 40
+        >>> body_box(ct, np.arange(3))
+        (2, 5, 1, 7)
+    """
+    inside = np.zeros(ct.shape[1:], bool)
+    for z in slices:
+        inside |= np.asarray(ct[int(z)]) > BODY_HU
+    if not inside.any():
+        return 0, ct.shape[1], 0, ct.shape[2]
+    ys, xs = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+
+
+def _grow(box: Box, shape: tuple[int, ...], dz: int, dy: int, dx: int) -> Box:
+    return Box(
+        max(0, box.z0 - dz),
+        min(shape[0], box.z1 + dz),
+        max(0, box.y0 - dy),
+        min(shape[1], box.y1 + dy),
+        max(0, box.x0 - dx),
+        min(shape[2], box.x1 + dx),
+    )
+
+
+def _touches(mask: npt.NDArray[np.bool_], box: Box, shape: tuple[int, ...]) -> bool:
+    """True when ``mask`` (the box's part) reaches a box face that is not the image's edge."""
+    if not mask.any():
+        return False
+    faces = (
+        (box.z0 > 0, mask[0]),
+        (box.z1 < shape[0], mask[-1]),
+        (box.y0 > 0, mask[:, 0]),
+        (box.y1 < shape[1], mask[:, -1]),
+        (box.x0 > 0, mask[:, :, 0]),
+        (box.x1 < shape[2], mask[:, :, -1]),
+    )
+    return any(inner and face.any() for inner, face in faces)
+
+
+def kidney_boxes(
+    hits: npt.NDArray[np.bool_],
+    coarse: npt.NDArray[np.intp],
+    step: int,
+    body: tuple[int, int, int, int],
+    shape: tuple[int, ...],
+    margin: tuple[int, int, int],
+) -> list[Box]:
+    """One box per body side holding kidney pixels on the coarse slices.
+
+    Args:
+        hits: phase-1 masks of the coarse slices, ``(len(coarse), y, x)``.
+        coarse: their z indices.
+        step: the coarse step in slices (a kidney may reach one step beyond its outer hits).
+        body: the body's in-plane box (its centre splits left from right).
+        shape: the canonical CT shape.
+        margin: ``(dz, dy, dx)`` voxels added around each group.
+    """
+    mid = (body[2] + body[3]) / 2
+    boxes = []
+    xs_all = np.arange(shape[2])
+    for side in (xs_all < mid, xs_all >= mid):
+        part = hits & side[None, None, :]
+        zs = np.flatnonzero(part.any(axis=(1, 2)))
+        if not len(zs):
+            continue
+        ys = np.flatnonzero(part.any(axis=(0, 2)))
+        xs = np.flatnonzero(part.any(axis=(0, 1)))
+        box = Box(
+            int(coarse[zs[0]]) - step + 1,
+            int(coarse[zs[-1]]) + step,
+            int(ys[0]),
+            int(ys[-1]) + 1,
+            int(xs[0]),
+            int(xs[-1]) + 1,
+        )
+        boxes.append(_grow(box, shape, *margin))
+    return boxes
+
+
+def segment_kidneys(
+    runner: PhaseRunner,
+    ct: npt.NDArray[Any],
+    spacing: tuple[float, float, float],
+    settings: InferenceConfig,
+    progress: Callable[[int], object] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Phase 1's mask of a canonical CT: around the kidneys only (``settings.mode = "fast"``)
+    or on every whole slice (``"naive"``). Prediction and phase-2 training both call this."""
+    step = max(1, int(round(settings.coarse_step_mm / spacing[0])))
+    # A short volume (a few slices, or thick ones) gains nothing from a coarse pass.
+    if settings.mode == "naive" or ct.shape[0] < 3 * step:
+        return runner.segment(ct, np.arange(ct.shape[0]), progress=progress)
+    shape = ct.shape
+    kidney = np.zeros(shape, bool)
+    coarse = np.arange(min(step // 2, shape[0] - 1), shape[0], step)
+    body = body_box(ct, coarse)
+    hits = runner.segment(ct, coarse, progress=progress, box=body)
+    dz, dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing)
+    for box in merge_if_cheaper(kidney_boxes(hits, coarse, step, body, shape, (dz, dy, dx))):
+        for _ in range(MAX_GROWTH + 1):
+            part = runner.segment(ct, np.arange(box.z0, box.z1), progress=progress, box=box.plane)
+            if not _touches(part[:, box.y0 : box.y1, box.x0 : box.x1], box, shape):
+                break
+            box = _grow(box, shape, dz, dy, dx)
+        kidney[box.z0 : box.z1] |= part
+    return kidney
+
+
+def segment_tumors(
+    runner: PhaseRunner,
+    ct: npt.NDArray[Any],
+    region: npt.NDArray[np.bool_],
+    spacing: tuple[float, float, float],
+    settings: InferenceConfig,
+    progress: Callable[[int], object] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Phase 2's mask: only on slices where ``region`` is non-empty; in fast mode only on a box
+    (per body side) around the region, grown by ``settings.crop_margin_mm``."""
+    tumor = np.zeros(ct.shape, bool)
+    if settings.mode == "naive":
+        zs = np.flatnonzero(region.any(axis=(1, 2)))
+        if len(zs):
+            tumor[zs] = runner.segment(ct, zs, region, progress=progress)
+        return tumor
+    dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing[1:])
+    body = body_box(ct, np.flatnonzero(region.any(axis=(1, 2)))[::4])
+    mid = (body[2] + body[3]) / 2
+    columns = np.arange(ct.shape[2])
+    boxes = []
+    for side in (columns < mid, columns >= mid):
+        part = region & side[None, None, :]
+        zs = np.flatnonzero(part.any(axis=(1, 2)))
+        if not len(zs):
+            continue
+        flat = part[zs]
+        ys, xs = np.flatnonzero(flat.any(axis=(0, 2))), np.flatnonzero(flat.any(axis=(0, 1)))
+        box = Box(
+            int(zs[0]), int(zs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        )
+        boxes.append(_grow(box, ct.shape, 0, dy, dx))
+    for box in merge_if_cheaper(boxes):
+        inside = region[box.z0 : box.z1, box.y0 : box.y1, box.x0 : box.x1]
+        zs = box.z0 + np.flatnonzero(inside.any(axis=(1, 2)))
+        tumor[zs] |= runner.segment(ct, zs, region, progress=progress, box=box.plane)
+    return tumor
+
+
+def segment_cascade(
+    kidney_runner: PhaseRunner,
+    tumor_runner: PhaseRunner,
+    ct: npt.NDArray[Any],
+    spacing: tuple[float, float, float],
+    settings: InferenceConfig,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """The cascade's raw masks ``(kidney, tumor, region)`` of a canonical CT.
+
+    Phase 2 sees phase 1's mask grown by the tumor model's ``data.region_margin_mm``, as it
+    was trained (0 mm: the paper's tight region).
+    """
+    kidney = segment_kidneys(kidney_runner, ct, spacing, settings, progress)
+    margin_mm = tumor_runner.config.data.region_margin_mm
+    region = expand_region(kidney, (spacing[1], spacing[2]), margin_mm)
+    tumor = segment_tumors(tumor_runner, ct, region, spacing, settings, progress)
+    return kidney, tumor, region
