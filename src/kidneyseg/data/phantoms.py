@@ -10,13 +10,16 @@ The generator is split by what it draws:
 
 * `kidneyseg.data.tissues`: the HU of every tissue in each contrast phase (non-contrast,
   arterial/corticomedullary, venous/nephrographic, delayed/excretory), with literature sources;
-* `kidneyseg.data.anatomy`: body outline, fat, abdominal wall, spine level by level, ribs,
-  pelvis, erector spinae, quadratus lumborum, psoas, crura, lung bases;
-* `kidneyseg.data.organs`, `~.gut`, `~.vessels`: liver, gallbladder, spleen, pancreas,
-  adrenals; stomach, duodenum, colon, small bowel (gas, fluid, oral contrast, faeces); aorta,
-  IVC, iliac, mesenteric, portal and splenic vessels;
-* `kidneyseg.data.kidneys`: the labelled kidneys (cortex, medulla, sinus, collecting system,
-  perirenal fat, renal vessels, ureters) and their tumors and cysts;
+* `kidneyseg.data.anatomy`: the body plan (size, fat, spine depth and vertebral levels),
+  outline, fat, abdominal wall, erector spinae, quadratus lumborum, psoas, crura, lung bases;
+* `kidneyseg.data.organs`: liver, gallbladder, spleen, pancreas; vertebrae level by level,
+  ribs, iliac wings with iliacus and gluteal muscles;
+* `kidneyseg.data.gut`, `~.vessels`: stomach, duodenum, colon, small bowel (gas, fluid, oral
+  contrast, faeces, collapsed loops); aorta, IVC, iliac, mesenteric, portal and splenic
+  vessels, mesenteric branches and lymph nodes;
+* `kidneyseg.data.kidneys`: the labelled kidneys (cortex, medullary pyramids, sinus,
+  collecting system and calyces), perirenal fat, renal vessels, ureters, adrenals, and the
+  kidneys' tumors and cysts;
 * `kidneyseg.data.scanner`: field of view, slice thickness, table, metal, streaks, cupping,
   correlated noise and blur.
 
