@@ -73,6 +73,11 @@ def _missing_reference(preds: Path, gts: Path) -> str:
     return "case_00003"
 
 
+def _missing_prediction(preds: Path, gts: Path) -> str:
+    _write(gts / "case_00003" / "segmentation.nii.gz", _labels())
+    return "1 of 3 case(s) to evaluate have no prediction <case>.nii.gz (first: case_00003)"
+
+
 def _empty_predictions(preds: Path, gts: Path) -> str:
     for p in preds.iterdir():
         p.unlink()
@@ -103,6 +108,7 @@ def _missing_gt_dir(preds: Path, gts: Path) -> str:
         (_geometry_mismatch, "geometry", 1),
         (_geometry_mismatch, "geometry", 2),  # the error comes back from a worker process
         (_missing_reference, "no reference", 1),
+        (_missing_prediction, "--allow-missing", 1),
         (_empty_predictions, "no predictions", 1),
         (_corrupt_prediction, "image", 1),  # wording is io.read_volume's
         (_labels_out_of_range, "labels outside", 1),
@@ -127,3 +133,75 @@ def test_cli_evaluate_failure_leaves_previous_results(dirs, capsys) -> None:
     _geometry_mismatch(preds, gts)
     assert main(["evaluate", str(preds), str(gts), str(out), "--workers", "1"]) == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _split(path: Path, test: list[str], train: list[str] | None = None) -> Path:
+    payload = {"train": train or ["case_00001"], "val": [], "test": test}
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    return path
+
+
+def test_cli_evaluate_missing_prediction_message(dirs, capsys) -> None:
+    preds, gts, out = dirs
+    _missing_prediction(preds, gts)
+    assert main(["evaluate", str(preds), str(gts), str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {preds}: 1 of 3 case(s) to evaluate have no prediction <case>.nii.gz "
+        "(first: case_00003); pass --split/--subset to evaluate a subset, or --allow-missing "
+        "to score missing cases as empty predictions"
+    )
+
+
+def test_cli_evaluate_allow_missing_says_so(dirs, capsys) -> None:
+    preds, gts, out = dirs
+    _missing_prediction(preds, gts)
+    argv = ["evaluate", str(preds), str(gts), str(out), "--workers", "1", "--allow-missing"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "warning: 1 of 3 case(s) had no prediction" in captured.err
+    assert "case_00003" in captured.err and "scored as empty" in captured.out
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["n_cases"] == 3 and summary["missing"] == ["case_00003"]
+    assert summary["metrics"]["dice_kidney_and_mass"]["n"] == 3
+    rows = (out / "per_case.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].endswith(",missing") and rows[3].startswith("case_00003,0,0,")
+    assert rows[3].endswith(",1") and rows[1].endswith(",0")
+
+
+@pytest.mark.parametrize("subset", [None, "test", "train"])
+def test_cli_evaluate_split_subset(dirs, capsys, tmp_path: Path, subset) -> None:
+    preds, gts, out = dirs
+    _missing_prediction(preds, gts)  # not in the split's test set: not expected
+    split = _split(tmp_path / "split.json", test=["case_00002"])
+    argv = ["evaluate", str(preds), str(gts), str(out), "--workers", "1", "--split", str(split)]
+    assert main(argv + (["--subset", subset] if subset else [])) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    expected = ["case_00001"] if subset == "train" else ["case_00002"]
+    assert summary["n_cases"] == 1 and summary["missing"] == []
+    rows = (out / "per_case.csv").read_text(encoding="utf-8").splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == expected
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--subset", "test"], "--subset needs --split"),
+        (["--split", "{tmp}/nope.json"], "split file not found"),
+        (["--split", "{tmp}/split.json", "--subset", "val"], "'val' subset is empty"),
+        (["--split", "{tmp}/split.json", "--subset", "train"], "no reference segmentation"),
+        (["--split", "{tmp}/split.json"], "have no prediction"),
+    ],
+)
+def test_cli_evaluate_bad_split(dirs, capsys, tmp_path: Path, extra, words) -> None:
+    preds, gts, out = dirs
+    _split(tmp_path / "split.json", test=["case_00001", "case_00002", "case_00009"],
+           train=["case_00004"])  # fmt: skip
+    _write(gts / "case_00009" / "segmentation.nii.gz", _labels())
+    argv = ["evaluate", str(preds), str(gts), str(out), "--workers", "1"]
+    assert main(argv + [arg.format(tmp=tmp_path) for arg in extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert words in err
+    assert not out.exists()

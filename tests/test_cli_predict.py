@@ -75,7 +75,7 @@ def test_kits_folder_bad_case_reported_others_done(
     assert set(report["cases"]) == {"case_00000", "case_00002"}
     assert "case_00001" in report["failed"]
     exp = expected_labels(read_image(data / "case_00002" / "imaging.nii.gz").array)
-    assert report["cases"]["case_00002"]["tumor"]["voxels"] == int((exp == 2).sum())
+    assert report["cases"]["case_00002"]["voxels"]["tumor"] == int((exp == 2).sum())
     # Fix the bad case and run again: the two done cases are skipped, the fixed one predicted.
     write_volume(_ct(1), data / "case_00001" / "imaging.nii.gz")
     before = (out / "case_00000.nii.gz").stat().st_mtime_ns
@@ -111,8 +111,11 @@ def test_dicom_folder(run_dir: Path, tmp_path: Path) -> None:
     series = write_dicom_series(volume_from_canonical(phantom_canonical(), lps), tmp_path / "s1")
     out = tmp_path / "out"
     assert _predict(series, out, "--model", run_dir) == 0
-    assert _files(out) == ["s1.nii.gz"]
+    assert _files(out) == ["s1.nii.gz", "s1.seg.dcm"]  # DICOM in: NIfTI and DICOM SEG out
     assert read_labels(out / "s1.nii.gz").same_geometry(read_image(series))
+    nifti_only = tmp_path / "nifti_only"
+    assert _predict(series, nifti_only, "--model", run_dir, "--output-format", "nifti") == 0
+    assert _files(nifti_only) == ["s1.nii.gz"]
 
 
 def test_split_subset_selects_cases(

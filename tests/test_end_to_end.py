@@ -130,6 +130,7 @@ def test_evaluation_and_report(pipeline: dict[str, Path]) -> None:
         assert 0.0 <= float(row["dice_kidney_and_mass"]) <= 1.0
     summary = json.loads((pipeline["eval"] / "summary.json").read_text(encoding="utf-8"))
     assert Path(summary["pred_dir"]).resolve() == pipeline["pred"].resolve()
+    assert summary["n_cases"] == 5 and summary["missing"] == []
     html = (pipeline["report"] / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64" in html and "case_0000" in html
 
@@ -143,6 +144,9 @@ def test_demo_command_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFix
     assert sorted(p.name for p in (out / "pred").glob("*.nii.gz")) == sorted(
         f"{c}.nii.gz" for c in test_cases
     )
+    # The demo evaluates exactly the test split it predicted, with no case scored as missing.
+    summary = json.loads((out / "eval" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["n_cases"] == len(test_cases) and summary["missing"] == []
     printed = capsys.readouterr().out
     assert "report:" in printed and str(out / "report") in printed
 

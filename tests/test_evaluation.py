@@ -16,7 +16,7 @@ from surface_distance.lookup_tables import (
 )
 
 from kidneyseg.errors import KidneysegError
-from kidneyseg.evaluation import evaluate, format_table, match_cases
+from kidneyseg.evaluation import evaluate, format_table, match_cases, reference_cases
 from kidneyseg.formats.eval_dir import METRIC_COLUMNS, PER_CASE_COLUMNS
 from kidneyseg.io import read_labels, write_volume
 from kidneyseg.metrics import (
@@ -290,13 +290,15 @@ def test_evaluate_writes_consistent_files(kits_case, tmp_path: Path) -> None:
         expected[case] = kits_metrics(pred.array, gt.array, gt.spacing)
         expected[case].update(paper_metrics(pred.to_canonical(), gt.to_canonical()))
     out = tmp_path / "eval"
-    summary = evaluate(preds, KITS23, out, workers=2)
+    # KITS23 holds more references than these two: score just these (the rest would be missing).
+    summary = evaluate(preds, KITS23, out, workers=2, cases=sorted(expected))
 
     with open(out / "per_case.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == PER_CASE_COLUMNS
     assert [r["case"] for r in rows] == ["case_00061", "case_00534"]
     for row in rows:
+        assert row["missing"] == "0"
         for key, value in expected[row["case"]].items():
             assert float(row[key]) == pytest.approx(value, abs=1e-8)
         gt = kits_case(row["case"])
@@ -308,6 +310,7 @@ def test_evaluate_writes_consistent_files(kits_case, tmp_path: Path) -> None:
     assert on_disk["pred_dir"] == str(preds.resolve())
     assert Path(on_disk["gt_dir"]) == KITS23.resolve()  # absolute, links resolved
     assert on_disk["n_cases"] == 2 and on_disk["kidneyseg_version"]
+    assert on_disk["missing"] == []
     assert set(on_disk["metrics"]) == set(METRIC_COLUMNS)
     tumor = [expected[c]["dice_tumor"] for c in sorted(expected)]
     assert on_disk["metrics"]["dice_tumor"]["mean"] == pytest.approx(np.mean(tumor))
@@ -365,3 +368,116 @@ def test_workers_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(KidneysegError, match="workers"):
         evaluate(tmp_path, tmp_path, tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------ missing predictions
+SMALL_SPACING = (2.5, 0.8, 0.7)
+
+
+def _small_labels(shift: int = 0, tumor: bool = True) -> np.ndarray:
+    labels = np.zeros((8, 12, 10), np.uint8)
+    labels[2 + shift : 6 + shift, 2:9, 2:8] = 1
+    if tumor:
+        labels[3 + shift : 5 + shift, 4:6, 3:5] = 2
+    return labels
+
+
+@pytest.fixture
+def three_cases(tmp_path: Path) -> tuple[Path, Path]:
+    """(preds, gt): references a, b (no tumor), c in the KiTS layout; predictions of a and c."""
+    preds, gts = tmp_path / "preds", tmp_path / "gt"
+    for case, tumor in (("a", True), ("b", False), ("c", True)):
+        write_volume(Volume(_small_labels(tumor=tumor), SMALL_SPACING),
+                     gts / case / "segmentation.nii.gz")  # fmt: skip
+    write_volume(Volume(_small_labels(), SMALL_SPACING), preds / "a.nii.gz")
+    write_volume(Volume(_small_labels(shift=1), SMALL_SPACING), preds / "c.nii.gz")
+    return preds, gts
+
+
+def test_evaluate_refuses_a_missing_prediction(three_cases, tmp_path: Path) -> None:
+    preds, gts = three_cases
+    out = tmp_path / "eval"
+    with pytest.raises(KidneysegError) as err:
+        evaluate(preds, gts, out, workers=1)
+    message = str(err.value)
+    assert "1 of 3 case(s)" in message and "(first: b)" in message
+    assert "pass --split/--subset to evaluate a subset, or --allow-missing" in message
+    assert len(message.splitlines()) == 1
+    assert not out.exists()
+    # With the cases named, the subset hint is not offered (they already are a subset).
+    with pytest.raises(KidneysegError, match=r"1 of 2 .*first: b.*; pass --allow-missing"):
+        evaluate(preds, gts, out, workers=1, cases=["b", "c"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_allow_missing_scores_the_case_as_empty(three_cases, tmp_path: Path, workers) -> None:
+    preds, gts = three_cases
+    summary = evaluate(preds, gts, tmp_path / "eval", workers=workers, allow_missing=True)
+    assert summary["n_cases"] == 3 and summary["missing"] == ["b"]
+    with open(tmp_path / "eval" / "per_case.csv", newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert [rows[c]["missing"] for c in "abc"] == ["1" if c == "b" else "0" for c in "abc"]
+    b = rows["b"]
+    # An empty prediction: Dice 0 where the reference has the structure (kidney), 1 where
+    # neither has it (b has no tumor and no mass: the KiTS empty-vs-empty convention).
+    assert float(b["dice_kidney_and_mass"]) == 0.0 and float(b["sd_kidney_and_mass"]) == 0.0
+    assert float(b["dice_tumor"]) == 1.0 and float(b["dice_mass"]) == 1.0
+    assert float(b["paper_case_dice_kidney"]) == 0.0
+    assert float(b["volume_ml_kidney_pred"]) == 0.0 and float(b["volume_ml_kidney_gt"]) > 0
+    # The zero counts in the statistics: the mean is over all three cases.
+    kidney = [float(rows[c]["dice_kidney_and_mass"]) for c in "abc"]
+    assert kidney[0] == 1.0 and 0.0 < kidney[2] < 1.0
+    stats = summary["metrics"]["dice_kidney_and_mass"]
+    assert stats["n"] == 3 and stats["mean"] == pytest.approx(np.mean(kidney))
+    table = (tmp_path / "eval" / "summary.md").read_text(encoding="utf-8")
+    assert "1 of them without a prediction, scored as empty" in table and ": b." in table
+    on_disk = json.loads((tmp_path / "eval" / "summary.json").read_text(encoding="utf-8"))
+    assert on_disk["missing"] == ["b"]
+
+
+def test_cases_select_a_subset_and_ignore_other_predictions(three_cases, tmp_path: Path):
+    preds, gts = three_cases
+    summary = evaluate(preds, gts, tmp_path / "eval", workers=1, cases=["c", "a", "c"])
+    assert summary["n_cases"] == 2 and summary["missing"] == []
+    with open(tmp_path / "eval" / "per_case.csv", newline="") as f:
+        assert [row["case"] for row in csv.DictReader(f)] == ["a", "c"]
+    summary = evaluate(preds, gts, tmp_path / "eval", workers=1, cases=["a"])
+    assert summary["n_cases"] == 1  # c's prediction is outside the cases: ignored
+    assert summary["metrics"]["dice_kidney_and_mass"]["mean"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("cases", "allow_missing", "words"),
+    [
+        (["a", "zzz"], True, "no reference segmentation"),  # named case without a reference
+        ([], False, "no cases to evaluate"),
+        (["b"], True, "none of the 1 case(s) to evaluate has a prediction"),
+    ],
+)
+def test_bad_case_lists(three_cases, tmp_path: Path, cases, allow_missing, words) -> None:
+    preds, gts = three_cases
+    with pytest.raises(KidneysegError) as err:
+        evaluate(preds, gts, tmp_path / "eval", workers=1, cases=cases,
+                 allow_missing=allow_missing)  # fmt: skip
+    assert words in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_prediction_without_reference_stays_an_error(three_cases, tmp_path: Path) -> None:
+    preds, gts = three_cases
+    write_volume(Volume(_small_labels(), SMALL_SPACING), preds / "d.nii.gz")
+    with pytest.raises(KidneysegError, match="no reference segmentation") as err:
+        evaluate(preds, gts, tmp_path / "eval", workers=1, allow_missing=True)
+    assert "d.nii.gz" in str(err.value)
+    # ... unless the cases to score leave it out.
+    assert evaluate(preds, gts, tmp_path / "eval", workers=1, cases=["a"])["n_cases"] == 1
+
+
+def test_reference_cases_layouts(tmp_path: Path) -> None:
+    gts = tmp_path / "gt"
+    for rel in ("a/segmentation.nii.gz", "b/aggregated_MAJ_seg.nii.gz", "c.nii.gz",
+                "d/imaging.nii.gz", ".e.nii.gz.tmp.nii.gz", "kits.json"):  # fmt: skip
+        (gts / rel).parent.mkdir(parents=True, exist_ok=True)
+        (gts / rel).write_bytes(b"")
+    assert reference_cases(gts) == ["a", "b", "c"]  # d has imaging only: no reference

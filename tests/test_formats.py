@@ -10,7 +10,9 @@ import pytest
 
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats import pred_dir, prep_dir, run_dir
+from kidneyseg.stats import label_statistics
 from kidneyseg.types import Volume
+from kidneyseg.utils import package_version
 
 
 def test_split_round_trip_and_subsets(tmp_path: Path) -> None:
@@ -61,10 +63,18 @@ def test_stats_file(tmp_path: Path) -> None:
     labels = np.zeros((4, 5, 6), np.uint8)
     labels[0, :2, :2] = 1
     labels[1, 0, 0] = 2
-    stats = {"c1": pred_dir.label_statistics(Volume(labels, (2.0, 1.0, 1.0)))}
+    stats = {"c1": label_statistics(Volume(labels, (2.0, 1.0, 1.0)))}
     out = tmp_path / "stats.json"
-    pred_dir.write_stats(out, stats, {"c2": "bad file"})
+    prov = pred_dir.provenance("0123abcd", "run", "cpu", "fp32")
+    pred_dir.write_stats(out, stats, {"c2": "bad file"}, prov)
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert doc["format"] == pred_dir.STATS_FORMAT and doc["failed"] == {"c2": "bad file"}
-    assert doc["cases"]["c1"]["kidney"] == {"voxels": 4, "volume_ml": 0.008}
+    assert doc["format_version"] == 2 and doc["model"]["model_id"] == "0123abcd"
+    assert doc["cases"]["c1"]["voxels"] == {"kidney": 4, "tumor": 1, "cyst": 0}
+    assert doc["cases"]["c1"]["total"]["volume_with_masses_ml"] == 0.01
+    assert pred_dir.seg_path(tmp_path / "c1.nii.gz").name == "c1.seg.dcm"
+    assert (
+        pred_dir.header_description(prov)
+        == f"kidneyseg {package_version()} model 0123abcd cpu fp32"
+    )
     assert pred_dir.output_path(tmp_path, "c1").name == "c1" + pred_dir.OUTPUT_SUFFIX

@@ -17,12 +17,12 @@ import torch
 
 from kidneyseg.config import resolve_config
 from kidneyseg.errors import KidneysegError
-from kidneyseg.formats.pred_dir import label_statistics
 from kidneyseg.inference import Predictor
 from kidneyseg.inputs import find_inputs, parse_shard, plan_prediction
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
 from kidneyseg.models import build_model, save_checkpoint
 from kidneyseg.normalization import NormalizationRecord
+from kidneyseg.stats import label_statistics
 from kidneyseg.types import Volume, from_canonical
 
 KIDNEY_NORM = NormalizationRecord("kidney", (0.0, 200.0), 100.0, 50.0)
@@ -285,9 +285,10 @@ def test_label_statistics_match_counts(predictor: Predictor) -> None:
     stats = label_statistics(labels)
     voxel_ml = 2.5 * 0.8 * 0.7 / 1000
     exp = expected_labels(volume.array)
-    assert stats["kidney"]["voxels"] == int((exp == 1).sum()) > 0
-    assert stats["tumor"]["voxels"] == int((exp == 2).sum()) > 0
-    assert stats["tumor"]["volume_ml"] == pytest.approx((exp == 2).sum() * voxel_ml, rel=1e-4)
+    assert stats["voxels"]["kidney"] == int((exp == 1).sum()) > 0
+    assert stats["voxels"]["tumor"] == int((exp == 2).sum()) > 0
+    tumor_ml = stats["total"]["tumor_volume_ml"]
+    assert tumor_ml == pytest.approx((exp == 2).sum() * voxel_ml, rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -437,7 +438,9 @@ def test_predict_paths_report_and_stats(predictor: Predictor, tmp_path: Path) ->
     assert (
         data["cases"]["one"]
         == report.stats["one"]
-        == label_statistics(read_labels(tmp_path / "out" / "one.nii.gz"))
+        == label_statistics(
+            read_labels(tmp_path / "out" / "one.nii.gz"), read_image(tmp_path / "in" / "one.nii.gz")
+        )
     )
     assert "2 skipped" in again.summary()
 

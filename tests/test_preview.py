@@ -1,4 +1,4 @@
-"""Tests of kidneyseg.measures and kidneyseg.preview (``predict --preview``).
+"""Tests of kidneyseg.stats (measurements) and kidneyseg.preview (``predict --preview``).
 
 A synthetic case with known kidneys (right kidney with a cyst, left kidney with a tumor) is
 written with a permuted, flipped (and in one test oblique) direction and uneven spacing, so a
@@ -17,8 +17,8 @@ import pytest
 from kidneyseg.cli import main
 from kidneyseg.errors import KidneysegError
 from kidneyseg.io import read_volume, write_volume
-from kidneyseg.measures import CanonicalGeometry, measure
 from kidneyseg.preview import PREVIEW_SIZE, preview_path, write_preview
+from kidneyseg.stats import CanonicalGeometry, measure
 from kidneyseg.types import Volume, from_canonical
 
 # File axis 0 -> superior, 1 -> patient right (-x), 2 -> anterior (-y).

@@ -89,6 +89,9 @@ class ModelConfig:
     classes: int = 1
     #: Width of the first level of `unet_plain` (doubles at each of its 5 levels).
     base_channels: int = 64
+    #: Licence of the trained weights, shown by the model card (``kidneyseg info RUN_DIR``).
+    #: Weights trained on KiTS data should say "CC BY-NC-SA 4.0" (the data's licence).
+    licence: str = ""
 
 
 @dataclass(frozen=True)

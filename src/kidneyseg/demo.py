@@ -97,6 +97,6 @@ def run_demo(
     report = stage("predict", predictor.predict_paths, data, pred, cases=test_cases)
     if not report.ok:
         raise KidneysegError(f"prediction failed for {len(report.failed)} test case(s)", path=pred)
-    summary = stage("evaluate", evaluate, pred, data, ev)
+    summary = stage("evaluate", evaluate, pred, data, ev, cases=test_cases)
     html = stage("report", make_report, run, ev, report_dir)
     return DemoResult(out, summary, Path(html), seconds)

@@ -391,6 +391,25 @@ def read_dicom_series(folder: str | Path, series: str | None = None) -> Volume:
     )
 
 
+def series_files(folder: str | Path, series: str | None = None) -> list[Path]:
+    """The files of the series `read_dicom_series` reads, in the order of its slices.
+
+    What a DICOM Segmentation references (`kidneyseg.dicom_seg`). A single DICOM file is
+    returned as is.
+
+    Example:
+        >>> [p.name for p in series_files("dcmqi_ct3slice/ct-3slice")]  # doctest: +SKIP
+        ['01.dcm', '02.dcm', '03.dcm']
+    """
+    root = Path(folder)
+    if root.is_file():
+        return [root]
+    headers, n_files = _scan(root)
+    chosen = _choose(_group(headers), root, series, n_files)
+    files, _, _, _ = _slice_geometry(chosen.files, headers, root)
+    return files
+
+
 def _read_dicom_file(path: Path) -> Volume:
     """One DICOM file: a single slice (3D, one slice) or a multi-frame object."""
     import SimpleITK as sitk

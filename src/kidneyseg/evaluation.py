@@ -8,10 +8,14 @@ Two views of the same predictions, kept apart on purpose (the maths is `kidneyse
 * **Paper view** (`kidneyseg.metrics.paper_metrics`, paper section 5.1): Dice of the kidney
   region and the tumor, per case in 3D and as a mean over axial slices; the columns say which.
 
-This module pairs predictions with references (`match_cases`), scores each case
-(`evaluate_case`, in worker processes), summarises over cases (`summarize`, `format_table`)
-and writes the folder described in `kidneyseg.formats.eval_dir`: ``per_case.csv``,
-``summary.json`` and ``summary.md``.
+This module pairs the cases to score with their predictions and references (`match_cases`),
+scores each case (`evaluate_case`, in worker processes), summarises over cases (`summarize`,
+`format_table`) and writes the folder described in `kidneyseg.formats.eval_dir`:
+``per_case.csv``, ``summary.json`` and ``summary.md``.
+
+The cases to score are given (e.g. a split's test set) or every reference in GT_DIR. A case
+without a prediction is never dropped silently: `evaluate` refuses it, or with
+``allow_missing`` scores it as an empty prediction (as KiTS does) and lists it.
 
 Example:
     >>> summary = evaluate("preds", "kits23/dataset", "eval")  # doctest: +SKIP
@@ -34,6 +38,7 @@ from kidneyseg.data.kits import LABEL_FILES
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.eval_dir import (
     METRIC_COLUMNS,
+    MISSING_COLUMN,
     SUMMARY_FORMAT,
     SUMMARY_FORMAT_VERSION,
     write_eval_dir,
@@ -78,13 +83,50 @@ def find_reference(gt_dir: str | Path, case: str) -> Path | None:
     return next((c for c in reference_candidates(gt_dir, case) if c.is_file()), None)
 
 
-def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
-    """Pair each ``PRED_DIR/<case>.nii.gz`` with its reference label file under ``GT_DIR``.
+def reference_cases(gt_dir: str | Path) -> list[str]:
+    """The case ids that have a reference label file under ``gt_dir``, sorted.
 
-    The reference is the first of `REFERENCE_PATTERNS` that exists.
+    A case is a folder holding one of `kidneyseg.data.kits.LABEL_FILES` or a flat
+    ``<case>.nii.gz`` file (`REFERENCE_PATTERNS`); names starting with "." are skipped.
+
+    Example:
+        >>> reference_cases("kits23/dataset")[:2]  # doctest: +SKIP
+        ['case_00000', 'case_00001']
+    """
+    root = Path(gt_dir)
+    flat = ".nii.gz"
+    cases = set()
+    for entry in root.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and any((entry / name).is_file() for name in LABEL_FILES):
+            cases.add(entry.name)
+        elif entry.is_file() and entry.name.endswith(flat) and len(entry.name) > len(flat):
+            cases.add(entry.name[: -len(flat)])
+    return sorted(cases)
+
+
+def _no_reference(gt_root: Path, case: str, path: Path) -> KidneysegError:
+    looked = ", ".join(str(c) for c in reference_candidates(gt_root, case))
+    return KidneysegError(
+        f"no reference segmentation for this case (looked for {looked})", path=path
+    )
+
+
+def match_cases(
+    pred_dir: str | Path, gt_dir: str | Path, cases: Sequence[str] | None = None
+) -> list[tuple[str, Path | None, Path]]:
+    """Pair each expected case with its prediction ``PRED_DIR/<case>.nii.gz`` and its reference.
+
+    The expected cases are ``cases`` or, when None, every case with a reference under
+    ``GT_DIR`` (`reference_cases`). The reference is the first of `REFERENCE_PATTERNS` that
+    exists. A case without a prediction comes with ``None`` in its place (`evaluate` refuses
+    it or scores it as empty); predictions of cases not in ``cases`` are ignored.
 
     Raises:
-        KidneysegError: a folder is missing, there is no prediction, or a case has no reference.
+        KidneysegError: a folder is missing; there is no prediction at all, or none of the
+            expected cases has one; ``cases`` is empty; a prediction (without ``cases``) or an
+            expected case has no reference.
 
     Example:
         >>> match_cases("preds", "kits23/dataset")  # doctest: +SKIP
@@ -97,32 +139,49 @@ def match_cases(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Pat
     if not gt_root.is_dir():
         raise KidneysegError("reference (ground truth) folder not found", path=gt_root)
     # Names starting with "." are temporary files of an unfinished atomic write.
-    preds = sorted(
-        p
-        for p in pred_root.iterdir()
+    preds = {
+        p.name[: -len(OUTPUT_SUFFIX)]: p
+        for p in sorted(pred_root.iterdir())
         if p.is_file() and p.name.endswith(OUTPUT_SUFFIX) and not p.name.startswith(".")
-    )
+    }
     if not preds:
         raise KidneysegError(
             f"no predictions (<case>{OUTPUT_SUFFIX}) in the prediction folder; "
             "run `kidneyseg predict`",
             path=pred_root,
         )
-    pairs = []
-    for pred in preds:
-        case = pred.name[: -len(OUTPUT_SUFFIX)]
+    if cases is None:
+        # Every prediction must have its reference (a stray file is an error, not ignored).
+        for case, pred in preds.items():
+            if find_reference(gt_root, case) is None:
+                raise _no_reference(gt_root, case, pred)
+        expected = reference_cases(gt_root)
+    else:
+        expected = sorted(set(cases))
+        if not expected:
+            raise KidneysegError("no cases to evaluate (the list of cases is empty)")
+    triples = []
+    for case in expected:
         gt = find_reference(gt_root, case)
         if gt is None:
-            looked = ", ".join(str(c) for c in reference_candidates(gt_root, case))
-            raise KidneysegError(
-                f"no reference segmentation for this case (looked for {looked})", path=pred
-            )
-        pairs.append((case, pred, gt))
-    return pairs
+            raise _no_reference(gt_root, case, preds.get(case, gt_root / case))
+        triples.append((case, preds.get(case), gt))
+    if all(pred is None for _, pred, _ in triples):
+        raise KidneysegError(
+            f"none of the {len(triples)} case(s) to evaluate has a prediction "
+            f"<case>{OUTPUT_SUFFIX} in the prediction folder (first: {triples[0][0]}); "
+            "run `kidneyseg predict`",
+            path=pred_root,
+        )
+    return triples
 
 
-def evaluate_case(case: str, pred_path: str | Path, gt_path: str | Path) -> dict[str, Any]:
+def evaluate_case(case: str, pred_path: str | Path | None, gt_path: str | Path) -> dict[str, Any]:
     """Read one prediction and its reference and compute one row of ``per_case.csv``.
+
+    ``pred_path`` None scores a missing prediction as all background on the reference's grid
+    (Dice 0 for each structure the reference holds, as KiTS scores a missing case), with
+    ``missing`` 1 in the row.
 
     Raises:
         KidneysegError: unreadable file, labels outside 0-3, or the prediction is not on the
@@ -135,14 +194,17 @@ def evaluate_case(case: str, pred_path: str | Path, gt_path: str | Path) -> dict
         0.87
     """
     gt = read_labels(gt_path)
-    pred = read_labels(pred_path)
-    try:
-        check_same_geometry(gt, pred, pred_path)
-    except KidneysegError as exc:
-        raise KidneysegError(
-            f"{exc.message} (prediction vs reference {gt_path})", path=pred_path
-        ) from None
-    row: dict[str, Any] = {"case": case}
+    if pred_path is None:
+        pred = gt.with_array(np.zeros_like(gt.array))
+    else:
+        pred = read_labels(pred_path)
+        try:
+            check_same_geometry(gt, pred, pred_path)
+        except KidneysegError as exc:
+            raise KidneysegError(
+                f"{exc.message} (prediction vs reference {gt_path})", path=pred_path
+            ) from None
+    row: dict[str, Any] = {"case": case, MISSING_COLUMN: int(pred_path is None)}
     # Volume.spacing is in Volume.array's axis order, which is all the KiTS metrics need (they
     # are invariant to permuting axes together with the spacing).
     row.update(kits_metrics(pred.array, gt.array, gt.spacing))
@@ -151,7 +213,7 @@ def evaluate_case(case: str, pred_path: str | Path, gt_path: str | Path) -> dict
     return row
 
 
-def _run_cases(jobs: list[tuple[str, Path, Path]], workers: int) -> list[dict[str, Any]]:
+def _run_cases(jobs: list[tuple[str, Path | None, Path]], workers: int) -> list[dict[str, Any]]:
     rows = []
     with tqdm(
         total=len(jobs),
@@ -188,7 +250,8 @@ def summarize(
 
     Each metric's statistics are `kidneyseg.metrics.summary_stats` over cases.
     ``kits_mean_dice`` / ``kits_mean_sd`` average the three classes' mean over cases, as the
-    KiTS leaderboard does.
+    KiTS leaderboard does. ``missing`` lists the cases whose rows say ``missing`` (no
+    prediction, scored as empty).
 
     Example:
         >>> rows = [{c: 1.0 for c in METRIC_COLUMNS}]
@@ -209,6 +272,7 @@ def summarize(
         "pred_dir": str(Path(pred_dir).resolve()),
         "gt_dir": str(Path(gt_dir).resolve()),
         "n_cases": len(rows),
+        "missing": [row["case"] for row in rows if row.get(MISSING_COLUMN)],
         "tolerances_mm": dict(KITS_SD_TOLERANCES_MM),
         "kits_mean_dice": class_mean("dice"),
         "kits_mean_sd": class_mean("sd"),
@@ -262,11 +326,19 @@ def format_table(summary: dict[str, Any]) -> str:
             f"| **KiTS mean {label}** (3 classes) | `kits_mean_{metric}` | {value} | | | {n} |"
         )
     tolerances = ", ".join(f"{k} {v:.3f} mm" for k, v in summary["tolerances_mm"].items())
+    missing = summary.get("missing") or []
+    scored_empty = (
+        f", {len(missing)} of them without a prediction, scored as empty "
+        f"(Dice 0 where the reference has the structure): {', '.join(missing)}"
+        if missing
+        else ""
+    )
     lines += [
         "",
-        f"{n} case(s). KiTS metrics are per case in 3D (surface Dice tolerances: {tolerances}). "
-        "Paper *per slice* Dice is the mean over the axial slices holding the structure in the "
-        "reference (paper section 5.1); do not compare it with per-case Dice.",
+        f"{n} case(s){scored_empty}. KiTS metrics are per case in 3D (surface Dice "
+        f"tolerances: {tolerances}). Paper *per slice* Dice is the mean over the axial slices "
+        "holding the structure in the reference (paper section 5.1); do not compare it with "
+        "per-case Dice.",
         "",
         f"Predictions: `{summary['pred_dir']}`; reference: `{summary['gt_dir']}`.",
     ]
@@ -274,9 +346,21 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def evaluate(
-    pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Path, workers: int = 2
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out_dir: str | Path,
+    workers: int = 2,
+    cases: Sequence[str] | None = None,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
-    """Score every prediction in ``pred_dir`` against its reference in ``gt_dir``.
+    """Score the predictions in ``pred_dir`` against their references in ``gt_dir``.
+
+    The cases scored are ``cases`` or, when None, every case with a reference in ``gt_dir``.
+    A case without a prediction is refused, unless ``allow_missing``: then it is scored as an
+    all-background prediction (Dice 0 where the reference has the structure, as KiTS scores
+    a missing case) and listed in ``summary.json``'s ``missing`` and ``per_case.csv``'s
+    ``missing`` column. A prediction without a reference is an error when ``cases`` is None,
+    and predictions of cases outside ``cases`` are ignored.
 
     Writes ``per_case.csv``, ``summary.json`` and ``summary.md`` into ``out_dir``
     (`kidneyseg.formats.eval_dir`), all or nothing: on any error nothing is written.
@@ -287,13 +371,16 @@ def evaluate(
             ``<case>/segmentation.nii.gz`` (the KiTS layout) or ``<case>.nii.gz``.
         out_dir: output folder (created; existing files of these names are replaced).
         workers: processes computing cases in parallel.
+        cases: the case ids to score (e.g. a split's test set); None for every reference.
+        allow_missing: score missing predictions as empty instead of refusing.
 
     Returns:
         The summary (the content of ``summary.json``).
 
     Raises:
-        KidneysegError: missing folder or reference, no prediction, a prediction not on its
-            reference's grid, an unreadable file (the message names it).
+        KidneysegError: missing folder or reference, no prediction, a case without a
+            prediction (unless ``allow_missing``), a prediction not on its reference's grid,
+            an unreadable file (the message names it).
 
     Example:
         >>> summary = evaluate("preds", "kits23/dataset", "eval")  # doctest: +SKIP
@@ -304,7 +391,17 @@ def evaluate(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise KidneysegError("output path exists and is not a folder", path=out)
-    rows = _run_cases(match_cases(pred_dir, gt_dir), workers)
+    jobs = match_cases(pred_dir, gt_dir, cases)
+    missing = [case for case, pred, _ in jobs if pred is None]
+    if missing and not allow_missing:
+        subset = "--split/--subset to evaluate a subset, or " if cases is None else ""
+        raise KidneysegError(
+            f"{len(missing)} of {len(jobs)} case(s) to evaluate have no prediction "
+            f"<case>{OUTPUT_SUFFIX} (first: {missing[0]}); pass {subset}"
+            "--allow-missing to score missing cases as empty predictions",
+            path=pred_dir,
+        )
+    rows = _run_cases(jobs, workers)
     summary = summarize(rows, pred_dir, gt_dir)
     write_eval_dir(out, rows, summary, format_table(summary))
     return summary

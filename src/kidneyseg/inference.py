@@ -38,9 +38,16 @@ import numpy as np
 import numpy.typing as npt
 
 from kidneyseg.config import Config, config_to_dict, resolve_config
+from kidneyseg.dicom_seg import write_dicom_seg
 from kidneyseg.errors import KidneysegError
-from kidneyseg.formats.pred_dir import label_statistics, stats_document, write_stats
-from kidneyseg.formats.run_dir import require_best_checkpoint
+from kidneyseg.formats.pred_dir import (
+    header_description,
+    provenance,
+    seg_path,
+    stats_document,
+    write_stats,
+)
+from kidneyseg.formats.run_dir import model_id, require_best_checkpoint
 from kidneyseg.hardware import resolve_device, use_all_cores
 from kidneyseg.inputs import (
     InputCase,
@@ -53,10 +60,13 @@ from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
 from kidneyseg.localization import segment_cascade
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.postprocessing import postprocess
+from kidneyseg.stats import label_statistics
 from kidneyseg.types import Volume
 
 #: Settings that may change at prediction time; the rest must match what the models learnt.
 PREDICT_SECTIONS = ("inference", "postprocess")
+#: ``--output-format``: the label file, a DICOM SEG beside it (DICOM input only), or both.
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 
 
 @dataclass
@@ -67,7 +77,8 @@ class PredictReport:
         written: label files written in this run.
         skipped: label files that already existed (folder mode resumes).
         failed: ``(case_id, message)`` of each case that could not be predicted.
-        stats: ``case_id -> label_statistics`` of every written or skipped case.
+        stats: ``case_id -> kidneyseg.stats.label_statistics`` of every written or skipped case.
+        provenance: the model that predicted (`kidneyseg.formats.pred_dir.provenance`).
         seconds: wall time of the run.
     """
 
@@ -76,6 +87,7 @@ class PredictReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -91,7 +103,7 @@ class PredictReport:
 
     def stats_json(self) -> dict[str, Any]:
         """The ``--stats`` file's content (`kidneyseg.formats.pred_dir.stats_document`)."""
-        return stats_document(self.stats, dict(self.failed))
+        return stats_document(self.stats, dict(self.failed), self.provenance)
 
 
 def _predict_config(
@@ -116,11 +128,15 @@ class Predictor:
         device: ``auto``/``cpu``/``cuda``/``mps``; None = the checkpoint's ``inference.device``.
         batch_size: slices per forward pass; None = the checkpoint's ``inference.batch_size``.
         progress: show a progress bar per volume (on stderr, when it is a terminal).
+        output_format: ``nifti``, ``dicom-seg`` or ``both`` (`OUTPUT_FORMATS`); None = both for
+            DICOM input, the label file otherwise. ``dicom-seg`` and ``both`` write
+            ``<name>.seg.dcm`` beside the label file's path (``dicom-seg``: that file only).
         config_file: config file whose ``inference``/``postprocess`` sections apply.
         overrides: ``section.key=value`` strings, e.g. ``["postprocess.min_component_ml=0.5"]``.
 
     Attributes:
         config: the kidney checkpoint's config with the prediction-time settings applied.
+        provenance: model id (hash of both checkpoints), package version, device, precision.
 
     Raises:
         KidneysegError: a phase missing from ``model_dir``, a corrupt or incompatible
@@ -139,6 +155,7 @@ class Predictor:
         progress: bool = True,
         config_file: str | Path | None = None,
         overrides: list[str] | None = None,
+        output_format: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -159,6 +176,14 @@ class Predictor:
         for runner in (kidney, tumor):
             runner.configure(self.device, inference.precision, self.batch_size, inference.threshold)
         self.phases = {"kidney": kidney, "tumor": tumor}
+        if output_format not in (None, *OUTPUT_FORMATS):
+            raise KidneysegError(
+                f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}"
+            )
+        self.output_format = output_format
+        self.provenance = provenance(
+            model_id(self.model_dir), str(self.model_dir), str(self.device), kidney.precision
+        )
         if self.device.type == "cpu":
             use_all_cores()
 
@@ -235,14 +260,41 @@ class Predictor:
         Example:
             >>> predictor.predict_file("dicom/series_1/", "labels.nii.gz")  # doctest: +SKIP
         """
+        return self._predict_file(path, out_path, case_id, series)[1]
+
+    def _predict_file(
+        self,
+        path: str | Path,
+        out_path: str | Path,
+        case_id: str | None = None,
+        series: str | None = None,
+    ) -> tuple[Volume, Volume]:
+        """`predict_file`, returning the CT too (for the statistics)."""
         out = Path(out_path)
         check_output_file(out)
         volume = read_image(path, series)
         if case_id:
             volume = volume.with_array(volume.array, case_id=case_id)
+        is_dicom = "series_uid" in volume.metadata
+        fmt = self.output_format or ("both" if is_dicom else "nifti")
+        if fmt != "nifti" and not is_dicom:
+            raise KidneysegError(
+                f"--output-format {fmt} needs a DICOM series as input (a DICOM SEG references "
+                "its source images)",
+                path=path,
+            )
         labels = self._predict(volume, path)
-        write_volume(labels, out)
-        return labels
+        if fmt != "dicom-seg":
+            write_volume(labels, out, header_description(self.provenance))
+        if fmt != "nifti":
+            write_dicom_seg(labels, path, seg_path(out), self.provenance, series)
+        return volume, labels
+
+    def _done(self, case: InputCase) -> bool:
+        """Whether folder mode finds a case's output already there."""
+        if self.output_format == "dicom-seg":
+            return seg_path(case.target).exists()
+        return case.target.exists()
 
     def predict_paths(
         self,
@@ -285,22 +337,24 @@ class Predictor:
         """Carry out a `PredictionPlan` (what `predict_paths` does after planning)."""
         if stats_path is not None:
             check_writable(Path(stats_path), "statistics file")
-        report = PredictReport()
+        report = PredictReport(provenance=dict(self.provenance))
         start = time.perf_counter()
         for case in plan.cases:
-            if plan.collection and skip_existing and case.target.exists():
+            if plan.collection and skip_existing and self._done(case):
                 report.skipped.append(case.target)
-                if stats_path is not None:
+                if stats_path is not None and case.target.exists():
                     try:  # statistics of earlier runs' outputs: no re-run needed
-                        report.stats[case.case_id] = label_statistics(read_labels(case.target))
+                        ct = read_image(case.source)
+                        old = read_labels(case.target, like=ct)
+                        report.stats[case.case_id] = label_statistics(old, ct)
                     except KidneysegError as exc:
                         self._report_failure(report, case, str(exc))
                 continue
             if not plan.collection:
-                labels = self.predict_file(case.source, case.target, case.case_id, series)
+                ct, labels = self._predict_file(case.source, case.target, case.case_id, series)
             else:
                 try:
-                    labels = self.predict_file(case.source, case.target, case.case_id)
+                    ct, labels = self._predict_file(case.source, case.target, case.case_id)
                 except KidneysegError as exc:
                     self._report_failure(report, case, str(exc))
                     continue
@@ -309,10 +363,11 @@ class Predictor:
                     self._report_failure(report, case, message)
                     continue
             report.written.append(case.target)
-            report.stats[case.case_id] = label_statistics(labels)
+            if stats_path is not None:
+                report.stats[case.case_id] = label_statistics(labels, ct)
         report.seconds = time.perf_counter() - start
         if stats_path is not None:
-            write_stats(stats_path, report.stats, dict(report.failed))
+            write_stats(stats_path, report.stats, dict(report.failed), report.provenance)
         return report
 
     @staticmethod
@@ -335,6 +390,7 @@ def predict(
     overrides: list[str] | None = None,
     cases: Sequence[str] | None = None,
     series: str | None = None,
+    output_format: str | None = None,
 ) -> PredictReport:
     """``kidneyseg predict``: check inputs and output first, load the models, predict.
 
@@ -346,7 +402,9 @@ def predict(
     plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
     if stats_path is not None:
         check_writable(Path(stats_path), "statistics file")
-    predictor = Predictor(model_dir, device, batch_size, progress, config_file, overrides)
+    predictor = Predictor(
+        model_dir, device, batch_size, progress, config_file, overrides, output_format
+    )
     return predictor.run_plan(
         plan, skip_existing=skip_existing, stats_path=stats_path, series=series
     )

@@ -237,9 +237,10 @@ def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def write_volume(volume: Volume, path: str | Path) -> Path:
+def write_volume(volume: Volume, path: str | Path, description: str | None = None) -> Path:
     """Write ``volume`` in its exact geometry, atomically (temp file + rename), verified.
 
+    ``description`` (e.g. the model) goes into the header: NIfTI ``descrip`` (80 characters).
     The format follows the suffix (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``); NRRD and
     MetaImage are gzip-compressed. Before the rename the file is read back (`read_volume`) and
     compared with ``volume``, voxel for voxel and in geometry: ITK's NIfTI writer reports a
@@ -280,7 +281,10 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
     try:
         with atomic_path(p, verify) as tmp:
             with captured_stderr() as printed:
-                sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=True)
+                image = to_sitk(volume)
+                if description:  # MetaImage warns of an empty item (read as a failed write)
+                    image.SetMetaData("ITK_FileNotes", description[:80])
+                sitk.WriteImage(image, str(tmp), useCompression=True)
             if printed:  # e.g. niftilib's "wrote only N of M bytes": a full disk
                 raise KidneysegError(f"cannot write: {printed[-1][:200]}", path=p)
     except RuntimeError as exc:

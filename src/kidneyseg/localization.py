@@ -101,28 +101,30 @@ def body_box(ct: npt.NDArray[Any], slices: npt.NDArray[np.intp]) -> tuple[int, i
     return int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
 
 
-def _grow(box: Box, shape: tuple[int, ...], dz: int, dy: int, dx: int) -> Box:
+def _grow(box: Box, limits: Box, dz: int, dy: int, dx: int) -> Box:
+    """``box`` grown by ``(dz, dy, dx)`` voxels on every side, kept inside ``limits``."""
     return Box(
-        max(0, box.z0 - dz),
-        min(shape[0], box.z1 + dz),
-        max(0, box.y0 - dy),
-        min(shape[1], box.y1 + dy),
-        max(0, box.x0 - dx),
-        min(shape[2], box.x1 + dx),
+        max(limits.z0, box.z0 - dz),
+        min(limits.z1, box.z1 + dz),
+        max(limits.y0, box.y0 - dy),
+        min(limits.y1, box.y1 + dy),
+        max(limits.x0, box.x0 - dx),
+        min(limits.x1, box.x1 + dx),
     )
 
 
-def _touches(mask: npt.NDArray[np.bool_], box: Box, shape: tuple[int, ...]) -> bool:
-    """True when ``mask`` (the box's part) reaches a box face that is not the image's edge."""
+def _touches(mask: npt.NDArray[np.bool_], box: Box, limits: Box) -> bool:
+    """True when ``mask`` (the box's part) reaches a box face that could still move out (is
+    not a face of ``limits``: the volume's ends and the body's bounding box)."""
     if not mask.any():
         return False
     faces = (
-        (box.z0 > 0, mask[0]),
-        (box.z1 < shape[0], mask[-1]),
-        (box.y0 > 0, mask[:, 0]),
-        (box.y1 < shape[1], mask[:, -1]),
-        (box.x0 > 0, mask[:, :, 0]),
-        (box.x1 < shape[2], mask[:, :, -1]),
+        (box.z0 > limits.z0, mask[0]),
+        (box.z1 < limits.z1, mask[-1]),
+        (box.y0 > limits.y0, mask[:, 0]),
+        (box.y1 < limits.y1, mask[:, -1]),
+        (box.x0 > limits.x0, mask[:, :, 0]),
+        (box.x1 < limits.x1, mask[:, :, -1]),
     )
     return any(inner and face.any() for inner, face in faces)
 
@@ -132,7 +134,7 @@ def kidney_boxes(
     coarse: npt.NDArray[np.intp],
     step: int,
     body: tuple[int, int, int, int],
-    shape: tuple[int, ...],
+    depth: int,
     margin: tuple[int, int, int],
 ) -> list[Box]:
     """One box per body side holding kidney pixels on the coarse slices.
@@ -141,13 +143,14 @@ def kidney_boxes(
         hits: phase-1 masks of the coarse slices, ``(len(coarse), y, x)``.
         coarse: their z indices.
         step: the coarse step in slices (a kidney may reach one step beyond its outer hits).
-        body: the body's in-plane box (its centre splits left from right).
-        shape: the canonical CT shape.
+        body: the body's in-plane box (its centre splits left from right; boxes stay inside).
+        depth: the number of axial slices.
         margin: ``(dz, dy, dx)`` voxels added around each group.
     """
     mid = (body[2] + body[3]) / 2
+    limits = Box(0, depth, *body)
     boxes = []
-    xs_all = np.arange(shape[2])
+    xs_all = np.arange(hits.shape[2])
     for side in (xs_all < mid, xs_all >= mid):
         part = hits & side[None, None, :]
         zs = np.flatnonzero(part.any(axis=(1, 2)))
@@ -163,7 +166,7 @@ def kidney_boxes(
             int(xs[0]),
             int(xs[-1]) + 1,
         )
-        boxes.append(_grow(box, shape, *margin))
+        boxes.append(_grow(box, limits, *margin))
     return boxes
 
 
@@ -186,12 +189,14 @@ def segment_kidneys(
     body = body_box(ct, coarse)
     hits = runner.segment(ct, coarse, progress=progress, box=body)
     dz, dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing)
-    for box in merge_if_cheaper(kidney_boxes(hits, coarse, step, body, shape, (dz, dy, dx))):
+    limits = Box(0, shape[0], *body)
+    boxes = kidney_boxes(hits, coarse, step, body, shape[0], (dz, dy, dx))
+    for box in merge_if_cheaper(boxes):
         for _ in range(MAX_GROWTH + 1):
             part = runner.segment(ct, np.arange(box.z0, box.z1), progress=progress, box=box.plane)
-            if not _touches(part[:, box.y0 : box.y1, box.x0 : box.x1], box, shape):
+            if not _touches(part[:, box.y0 : box.y1, box.x0 : box.x1], box, limits):
                 break
-            box = _grow(box, shape, dz, dy, dx)
+            box = _grow(box, limits, dz, dy, dx)
         kidney[box.z0 : box.z1] |= part
     return kidney
 
@@ -227,7 +232,7 @@ def segment_tumors(
         box = Box(
             int(zs[0]), int(zs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
         )
-        boxes.append(_grow(box, ct.shape, 0, dy, dx))
+        boxes.append(_grow(box, Box(0, ct.shape[0], 0, ct.shape[1], 0, ct.shape[2]), 0, dy, dx))
     for box in merge_if_cheaper(boxes):
         inside = region[box.z0 : box.z1, box.y0 : box.y1, box.x0 : box.x1]
         zs = box.z0 + np.flatnonzero(inside.any(axis=(1, 2)))

@@ -10,7 +10,7 @@
   orientation letters on every panel (axial and coronal: patient right on the image's left,
   radiological convention);
 * the measurements in the title: kidney (labels 1-3) and tumor volume per side
-  (`kidneyseg.measures`: sides split at the body midline by LPS x).
+  (`kidneyseg.stats`: each kidney's side by LPS x against the body midline).
 
 An empty label map gives a preview that says "no kidney found" over the middle slice. The
 figure uses matplotlib's Agg canvas directly (no pyplot) and is written atomically.
@@ -37,7 +37,7 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.filetypes import case_id_from_path
 from kidneyseg.inputs import plan_prediction
 from kidneyseg.io import read_image, read_labels
-from kidneyseg.measures import REGIONS, CanonicalGeometry, Measurements, measure
+from kidneyseg.stats import REGIONS, CanonicalGeometry, Measurements, measure
 from kidneyseg.types import CYST, KIDNEY, LABEL_NAMES, TUMOR, Array, Volume
 from kidneyseg.utils import atomic_path
 

@@ -7,9 +7,12 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Final
 
 from kidneyseg import __version__
 from kidneyseg.errors import KidneysegError
@@ -164,6 +167,28 @@ def check_writable_dir(path: str | Path) -> Path:
     return p
 
 
+#: Seconds between a pool worker's checks that the process that started it is still there.
+PARENT_CHECK_SECONDS: Final = 0.2
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker as soon as ``parent_pid`` is gone.
+
+    A daemon thread polls ``os.getppid()``: once the parent dies the worker is re-parented
+    (to init or a subreaper) and its parent id changes; the worker then exits at once with
+    ``os._exit(1)`` (no cleanup: there is no one left to hand results to). Polling rather
+    than Linux's ``PR_SET_PDEATHSIG``, which fires when the parent *thread* that started the
+    worker ends, not the process, and exists on Linux only.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kidneyseg-parent-watch", daemon=True).start()
+
+
 def process_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` worker processes, always started with "spawn".
 
@@ -171,6 +196,12 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     child copies the parent's locks but not its threads, so when the parent holds torch,
     OpenMP or ITK thread pools (every stage after reading a file does) the child can deadlock
     on a lock a vanished thread held. Spawn costs a second or so per worker to start.
+
+    Workers end within a fraction of a second when the parent process dies, even by SIGKILL
+    (which runs no cleanup in the parent): without that, a worker blocked on the task queue
+    (whose write end it holds itself, so it never sees end-of-file) or busy with a long case
+    would live on alone. Where a dead parent is not visible as a change of ``os.getppid()``
+    (Windows), workers end as Python's pool ends them.
 
     Because each worker imports the calling script as a module, a script that uses the pool
     (directly or through a kidneyseg function) must start its work under an
@@ -190,7 +221,12 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def cpu_has_native_bf16() -> bool:

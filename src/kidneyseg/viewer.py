@@ -5,7 +5,7 @@ Content-Security-Policy forbids every request): axial, coronal and sagittal canv
 voxels' physical aspect, slider and mouse wheel through slices, a crosshair linking the views
 (click or drag sets it), overlay on/off and opacity, window presets (soft tissue [-160, 240] HU,
 the paper's [0, 200], wide [-1000, 1000]), patient orientation letters, and the measurements
-(`kidneyseg.measures`: volumes per label and side, each tumor with a row that jumps to its
+(`kidneyseg.stats`: volumes per label and side, each tumor with a row that jumps to its
 centroid). Several label maps may be shown at once: the first filled, the others outlined
 (the report shows prediction vs ground truth so).
 
@@ -51,8 +51,8 @@ import numpy as np
 from kidneyseg.errors import KidneysegError
 from kidneyseg.filetypes import case_id_from_path
 from kidneyseg.io import read_image, read_labels
-from kidneyseg.measures import REGIONS, CanonicalGeometry, Measurements, measure
 from kidneyseg.preview import LABEL_RGB, SOFT_TISSUE
+from kidneyseg.stats import REGIONS, SIDE_RULES, CanonicalGeometry, Measurements, measure
 from kidneyseg.types import LABEL_NAMES, Array, Volume
 from kidneyseg.utils import atomic_write_text
 
@@ -210,8 +210,8 @@ def viewer_html(
         + (f", averaged over {f} x {f} voxels in-plane" if f > 1 else ", full resolution")
         + (" (no CT given: black background)" if ct is None else "")
         + f". Grid {shape[2]} x {shape[1]} x {shape[0]} voxels (x, y, z) of "
-        f"{sx:g} x {sy:g} x {sz:g} mm. Sides split at the body midline (x = "
-        f"{measured[0].midline_x_mm:.1f} mm); kidney = labels 1-3."
+        f"{sx:g} x {sy:g} x {sz:g} mm. Sides split at the {SIDE_RULES[measured[0].side_rule]} "
+        f"(x = {measured[0].midline_x_mm:.1f} mm); kidney = labels 1-3."
     )
     meta = {
         "title": title,

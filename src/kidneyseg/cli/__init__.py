@@ -19,6 +19,7 @@ from kidneyseg.errors import KidneysegError
 #: Subcommand modules, in the order of the pipeline; each must import (a broken one fails loudly).
 SUBCOMMANDS = (
     "info",
+    "stats",
     "phantoms",
     "download",
     "preprocess",
@@ -53,6 +54,37 @@ def add_config_options(parser: argparse.ArgumentParser, presets: bool = True) ->
         dest="overrides",
         help="override one config field (repeatable)",
     )
+
+
+def add_split_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--split SPLIT.json --subset {train,val,test}``: only the cases of one subset."""
+    parser.add_argument(
+        "--split",
+        default=None,
+        metavar="SPLIT.json",
+        help=f"{verb} only the cases of one subset of a split file (PREP_DIR/split.json)",
+    )
+    parser.add_argument(
+        "--subset",
+        default=None,
+        choices=("train", "val", "test"),
+        help=f"which subset of --split to {verb} (default: test)",
+    )
+
+
+def split_cases(args: argparse.Namespace) -> list[str] | None:
+    """The case ids `add_split_options` selected (None: no ``--split``)."""
+    from kidneyseg.formats.prep_dir import read_split
+
+    if args.split is None:
+        if args.subset is not None:
+            raise KidneysegError("--subset needs --split SPLIT.json (the split file it is of)")
+        return None
+    name = args.subset or "test"
+    cases = list(read_split(args.split).subset(name))
+    if not cases:
+        raise KidneysegError(f"the {name!r} subset is empty", path=args.split)
+    return cases
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,10 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show an image's geometry, HU range and label volumes",
         description="Print shape (as stored), spacing (mm, same order), origin, direction, "
         "axcodes, axial axis and value range of an image file or DICOM series folder, and "
-        "voxel counts and mL per label for label maps. " + _LABEL_RULE,
+        "voxel counts and mL per label for label maps. A model folder (RUN_DIR) prints its "
+        "model card: model id, licence, what each phase was trained on. " + _LABEL_RULE,
     )
     parser.add_argument(
-        "path", type=Path, help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM series folder"
+        "path",
+        type=Path,
+        help="image file (.nii.gz, .nrrd, .mha, ...), DICOM series folder or model folder",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     kind = parser.add_mutually_exclusive_group()
@@ -60,7 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler: read the file and print its summary."""
+    """Handler: read the file and print its summary (a model folder: its model card)."""
+    from kidneyseg.model_card import format_card, is_run_dir, model_card
+
+    if is_run_dir(args.path):
+        card = model_card(args.path)
+        print(json.dumps(card, indent=2) if args.json else format_card(card))
+        return 0
     info = volume_info(args.path, labels=args.labels, series=args.series)
     print(json.dumps(info) if args.json else format_info(info))
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kidneyseg.cli import add_config_options
+from kidneyseg.cli import add_config_options, add_split_options, split_cases
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,20 +65,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stats",
         default=None,
         metavar="FILE.json",
-        help="also write kidney/tumor voxel counts and volumes (mL) per case",
+        help="also write measurements per case: volumes per kidney side, each tumor's "
+        "volume, diameters, centroid and HU (see kidneyseg stats), and the model's id",
     )
     parser.add_argument(
-        "--split",
+        "--output-format",
         default=None,
-        metavar="SPLIT.json",
-        help="predict only the cases of one subset of a split file (PREP_DIR/split.json)",
+        choices=("nifti", "dicom-seg", "both"),
+        help="label file, DICOM SEG (<name>.seg.dcm beside it; DICOM input only) or both "
+        "(default: both for a DICOM series, the label file otherwise)",
     )
-    parser.add_argument(
-        "--subset",
-        default="test",
-        choices=("train", "val", "test"),
-        help="which subset of --split to predict (default: test)",
-    )
+    add_split_options(parser, "predict")
     parser.add_argument(
         "--preview",
         action="store_true",
@@ -89,20 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _split_cases(path: str, subset: str) -> list[str]:
-    from kidneyseg.errors import KidneysegError
-    from kidneyseg.formats.prep_dir import read_split
-
-    cases = list(read_split(path).subset(subset))
-    if not cases:
-        raise KidneysegError(f"the {subset!r} subset is empty", path=path)
-    return cases
-
-
 def run(args: argparse.Namespace) -> int:
     from kidneyseg.inference import predict
 
-    cases = None if args.split is None else _split_cases(args.split, args.subset)
+    cases = split_cases(args)
     report = predict(
         args.input,
         args.output,
@@ -117,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         cases=cases,
         series=args.series,
+        output_format=args.output_format,
     )
     print(f"{report.summary()} -> {args.output}")
     for case_id, message in report.failed:

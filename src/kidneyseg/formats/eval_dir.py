@@ -11,14 +11,20 @@ Layout (docs/formats.md "Evaluation")::
     classes (`KITS_COLUMNS`); ``paper_case_dice_kidney``, ``paper_slice_dice_kidney``,
     ``paper_case_dice_tumor``, ``paper_slice_dice_tumor`` (`PAPER_COLUMNS`);
     ``volume_ml_{kidney,tumor}_{gt,pred}`` (`VOLUME_COLUMNS`; voxel count x voxel volume,
-    kidney = labels 1, 2, 3, tumor = label 2). All but ``case`` are numbers; an undefined value
-    (a per-slice Dice when the reference has no slice with that structure) is an empty cell.
+    kidney = labels 1, 2, 3, tumor = label 2); last, ``missing``: 1 when the case had no
+    prediction and was scored as an all-background one (``kidneyseg evaluate
+    --allow-missing``: Dice 0 where the reference has the structure), else 0. All but
+    ``case`` are numbers; an undefined value (a per-slice Dice when the reference has no slice
+    with that structure) is an empty cell.
 ``summary.json``
     ``{"format": "kidneyseg-eval", "format_version": 1, "kidneyseg_version", "pred_dir",
-    "gt_dir" (absolute), "n_cases", "tolerances_mm", "kits_mean_dice", "kits_mean_sd",
-    "metrics": {column: {"mean", "median", "std", "n"}}}`` for every column of
-    `METRIC_COLUMNS`; ``std`` is the sample standard deviation (``null`` below two values),
-    ``n`` counts the defined values (`kidneyseg.metrics.summary_stats`).
+    "gt_dir" (absolute), "n_cases", "missing", "tolerances_mm", "kits_mean_dice",
+    "kits_mean_sd", "metrics": {column: {"mean", "median", "std", "n"}}}`` for every column
+    of `METRIC_COLUMNS`; ``n_cases`` counts every scored case, ``missing`` lists the ids of
+    those scored without a prediction (``[]`` normally; their zeros are in the statistics);
+    ``std`` is the sample standard deviation (``null`` below two values), ``n`` counts the
+    defined values (`kidneyseg.metrics.summary_stats`). A ``summary.json`` written before
+    ``missing`` existed has no such key: read it as ``[]``.
 ``summary.md``
     ``kidneyseg.evaluation.format_table`` of the summary.
 
@@ -71,8 +77,10 @@ VOLUME_COLUMNS: Final = (
 SCORE_COLUMNS: Final = (*KITS_COLUMNS, *PAPER_COLUMNS)
 #: Every numeric column of ``per_case.csv``: the keys of ``summary.json``'s ``metrics``.
 METRIC_COLUMNS: Final = (*SCORE_COLUMNS, *VOLUME_COLUMNS)
+#: 1 when the case had no prediction and was scored as an empty one, else 0.
+MISSING_COLUMN: Final = "missing"
 #: Columns of ``per_case.csv``, in order.
-PER_CASE_COLUMNS: Final = ("case", *METRIC_COLUMNS)
+PER_CASE_COLUMNS: Final = ("case", *METRIC_COLUMNS, MISSING_COLUMN)
 
 
 def _cell(value: Any) -> str:
@@ -88,8 +96,8 @@ def per_case_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
     Example:
         >>> row = dict.fromkeys(METRIC_COLUMNS, float("nan")) | {"case": "a", "dice_mass": 0.5}
-        >>> per_case_csv_text([row]).splitlines()[1]
-        'a,,,0.5,,,,,,,,,,,'
+        >>> per_case_csv_text([row | {"missing": 0}]).splitlines()[1]
+        'a,,,0.5,,,,,,,,,,,,0'
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

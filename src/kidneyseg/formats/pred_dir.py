@@ -2,8 +2,16 @@
 
 * Folder mode writes ``PRED_DIR/<case_id>.nii.gz``: uint8 labels 0 background, 1 kidney,
   2 tumor, in the input's exact geometry. One CT writes to the path given.
-* ``--stats FILE`` writes one JSON object (`stats_document`): per case the kidney and tumor
-  voxel counts and volumes in mL (`label_statistics`).
+* ``--stats FILE`` writes one JSON object (`stats_document`, format version 2): the model that
+  predicted (`provenance`) and per case the measurements of `kidneyseg.stats.label_statistics`:
+  ``kidneys.{right,left}`` and ``total`` (``volume_ml`` = label 1, ``volume_with_masses_ml`` =
+  labels 1-3, ``tumor_volume_ml``, ``cyst_volume_ml``, ``tumor_count``), ``tumors`` (largest
+  first: ``number``, ``volume_ml``, ``max_diameter_mm``, ``axial_diameter_mm``, ``centroid_mm``
+  (LPS x, y, z), ``side``, ``hu_mean``, ``hu_std`` (null without the CT), ``voxels``),
+  ``voxels`` (count per label), ``sides`` (the midline rule and its LPS x), ``coordinates``.
+* Each label file names its model in its header description (`header_description`:
+  ``kidneyseg <version> model <model id> <device> <precision>``; NIfTI ``descrip``).
+* DICOM input: ``<name>.seg.dcm`` (`seg_path`), a DICOM Segmentation (`kidneyseg.dicom_seg`).
 
 Example:
     >>> output_path("pred", "case_00001").as_posix()
@@ -17,14 +25,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kidneyseg.types import KIDNEY, TUMOR, Volume
+from kidneyseg.types import CYST, KIDNEY, TUMOR
 from kidneyseg.utils import atomic_write_text, package_version
 
 #: Suffix of the label maps written in folder mode.
 OUTPUT_SUFFIX = ".nii.gz"
 STATS_FORMAT = "kidneyseg-stats"
+STATS_FORMAT_VERSION = 2
+#: Suffix of the DICOM Segmentation written beside a label file (``ct.nii.gz`` -> ``ct.seg.dcm``).
+SEG_SUFFIX = ".seg.dcm"
 
 
 def output_path(pred_dir: str | Path, case_id: str) -> Path:
@@ -32,37 +41,79 @@ def output_path(pred_dir: str | Path, case_id: str) -> Path:
     return Path(pred_dir) / f"{case_id}{OUTPUT_SUFFIX}"
 
 
-def label_statistics(labels: Volume) -> dict[str, Any]:
-    """Voxel counts and volumes (mL) of kidney (label 1) and tumor (label 2) in a label map.
+def _stem(label_path: str | Path) -> Path:
+    p = Path(label_path)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.dcm", ".dcm"):
+        if p.name.lower().endswith(suffix):
+            return p.with_name(p.name[: -len(suffix)])
+    return p.with_name(p.stem)
+
+
+def seg_path(label_path: str | Path) -> Path:
+    """Where the DICOM SEG of a label file goes.
 
     Example:
-        >>> arr = np.zeros((10, 10, 10), np.uint8); arr[:2] = 1; arr[0, 0, 0] = 2
-        >>> label_statistics(Volume(arr, (1.0, 1.0, 2.0)))["kidney"]
-        {'voxels': 199, 'volume_ml': 0.398}
+        >>> seg_path("out/ct.nii.gz").as_posix()
+        'out/ct.seg.dcm'
     """
-    counts = np.bincount(np.asarray(labels.array, dtype=np.uint8).ravel(), minlength=3)
-    ml = labels.voxel_volume_ml
+    stem = _stem(label_path)
+    return stem.with_name(stem.name + SEG_SUFFIX)
+
+
+def provenance(model_id: str, model: str, device: str, precision: str) -> dict[str, str]:
+    """What every prediction output says about the model that made it.
+
+    Example:
+        >>> provenance("3f2a", "runs/paper", "cpu", "fp32")["software"]
+        'kidneyseg'
+    """
     return {
-        name: {"voxels": int(counts[k]), "volume_ml": round(float(counts[k]) * ml, 6)}
-        for name, k in (("kidney", KIDNEY), ("tumor", TUMOR))
+        "software": "kidneyseg",
+        "kidneyseg_version": package_version(),
+        "model_id": model_id,
+        "model": str(model),
+        "device": device,
+        "precision": precision,
     }
 
 
+def header_description(prov: Mapping[str, str]) -> str:
+    """The label file's header description (NIfTI ``descrip``, 80 characters at most).
+
+    Example:
+        >>> header_description(provenance("0123456789abcdef", "run", "cuda:0", "bf16"))
+        'kidneyseg 0.1.0 model 0123456789abcdef cuda:0 bf16'
+    """
+    return (
+        f"kidneyseg {prov.get('kidneyseg_version', '')} model {prov.get('model_id', '')} "
+        f"{prov.get('device', '')} {prov.get('precision', '')}"
+    )[:80]
+
+
 def stats_document(
-    stats: Mapping[str, dict[str, Any]], failed: Mapping[str, str]
+    stats: Mapping[str, dict[str, Any]],
+    failed: Mapping[str, str],
+    prov: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The ``--stats`` file's content: format stamp, label ids, per-case statistics, failures."""
+    """The ``--stats`` file's content: format stamp, model, label ids, per-case statistics,
+    failures."""
     return {
         "format": STATS_FORMAT,
+        "format_version": STATS_FORMAT_VERSION,
         "kidneyseg_version": package_version(),
-        "labels": {"kidney": KIDNEY, "tumor": TUMOR},
+        "model": dict(prov or {}),
+        "labels": {"kidney": KIDNEY, "tumor": TUMOR, "cyst": CYST},
         "cases": dict(sorted(stats.items())),
         "failed": dict(failed),
     }
 
 
 def write_stats(
-    path: str | Path, stats: Mapping[str, dict[str, Any]], failed: Mapping[str, str]
+    path: str | Path,
+    stats: Mapping[str, dict[str, Any]],
+    failed: Mapping[str, str],
+    prov: Mapping[str, str] | None = None,
 ) -> None:
     """Write the ``--stats`` file atomically."""
-    atomic_write_text(Path(path), json.dumps(stats_document(stats, failed), indent=2) + "\n")
+    doc = stats_document(stats, failed, prov)
+    atomic_write_text(Path(path), json.dumps(doc, indent=2) + "\n")

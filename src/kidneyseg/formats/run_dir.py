@@ -69,6 +69,25 @@ def require_best_checkpoint(run_dir: str | Path, phase: str) -> Path:
     return path
 
 
+def model_id(run_dir: str | Path) -> str:
+    """The model id: the first 16 hex digits of SHA-256 over both phases' best checkpoints
+    (each file's SHA-256, kidney then tumor). Same weights, same id, wherever they lie.
+
+    Raises:
+        KidneysegError: a phase's best checkpoint is missing.
+    """
+    import hashlib
+
+    outer = hashlib.sha256()
+    for phase in PHASES:
+        inner = hashlib.sha256()
+        with require_best_checkpoint(run_dir, phase).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                inner.update(block)
+        outer.update(f"{phase}:{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()[:16]
+
+
 def phase_trained(run_dir: str | Path, phase: str) -> bool:
     """True when the phase has a best checkpoint and its metrics (a finished or reusable run)."""
     d = phase_dir(run_dir, phase)
