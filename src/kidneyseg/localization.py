@@ -13,8 +13,8 @@ cascade's answer inside a generous crop equals its answer on the whole slice. Fa
    box's edge (where the box is not already the image edge) grows the box and runs again.
 4. **Phase 2** only on slices whose region is non-empty, on a box around the region.
 
-`segment_cascade` runs this when ``inference.mode = "fast"`` (the default) and the whole-slice
-cascade with ``"naive"``; `kidneyseg.inference.Predictor` and the phase-1 regions of phase-2
+`segment_cascade` runs this when ``inference.mode = "fast"`` and the whole-slice cascade with
+``"naive"`` (the default); `kidneyseg.inference.Predictor` and the phase-1 regions of phase-2
 training (`kidneyseg.regions`) both call it. ``benchmarks/predict_speed.py`` times both modes and
 reports the Dice between their label maps.
 
