@@ -110,3 +110,15 @@ def test_train_phase_with_extra_cases(main_prep: Path, tmp_path: Path) -> None:
     )
     assert (run / "kidney" / "best.safetensors").is_file()
     assert (run / "kidney" / "extra_prep" / "meta.json").is_file()
+
+
+def test_tumor_phase_has_its_own_foreground_share(main_prep: Path) -> None:
+    from kidneyseg.loaders import foreground_fraction
+
+    cfg = tiny("data.foreground_fraction=0.9", "data.tumor_foreground_fraction=0.2")
+    assert foreground_fraction(cfg.data, "kidney") == 0.9
+    assert foreground_fraction(cfg.data, "tumor") == 0.2
+    assert foreground_fraction(tiny("data.foreground_fraction=0.9").data, "tumor") == 0.9
+    setup = prepare_training(main_prep, "tumor", cfg)
+    train, _ = make_loaders(setup)
+    assert train.sampler.fraction == 0.2  # type: ignore[attr-defined]

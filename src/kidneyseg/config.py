@@ -16,13 +16,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a dependency there, see pyproject.toml)
+    import tomli as tomllib
 
 from kidneyseg.errors import KidneysegError
 from kidneyseg.utils import atomic_write_text
@@ -53,6 +57,9 @@ class DataConfig:
     #: Fraction of slices drawn from slices that contain the phase's target (the rest uniform).
     #: 0.5 keeps training balanced while still showing every slice (nnU-Net draws 1/3).
     foreground_fraction: float = 0.5
+    #: The tumor phase's own fraction; ``None`` = ``foreground_fraction``. (Phase 2 draws only
+    #: slices with kidney, most of which hold no tumor; a high share makes it over-call.)
+    tumor_foreground_fraction: float | None = None
     #: Phase-2 input region: "ground_truth" kidney region (default) or "predicted" by phase 1.
     tumor_region: str = "ground_truth"
     #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
@@ -178,6 +185,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_workers": 0,
             "samples_per_epoch": 512,
             "foreground_fraction": 0.8,
+            "tumor_foreground_fraction": 0.5,
         },
         "model": {"encoder_weights": "none"},
         "train": {
@@ -352,6 +360,10 @@ def validate(cfg: Config) -> Config:
         "data.tumor_window must be none or (low, high) with low < high",
     )
     need(0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction must be in [0, 1]")
+    need(
+        d.tumor_foreground_fraction is None or 0.0 <= d.tumor_foreground_fraction <= 1.0,
+        "data.tumor_foreground_fraction must be none or in [0, 1]",
+    )
     need(d.region_margin_mm >= 0, "data.region_margin_mm must be >= 0")
     need(
         d.tumor_region in ("ground_truth", "predicted"),

@@ -42,6 +42,7 @@ from kidneyseg.dicom_seg import write_dicom_seg
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import (
     header_description,
+    probability_path,
     provenance,
     seg_path,
     stats_document,
@@ -58,6 +59,7 @@ from kidneyseg.inputs import (
 )
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
 from kidneyseg.localization import segment_cascade
+from kidneyseg.model_package import open_model
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.postprocessing import postprocess
 from kidneyseg.stats import label_statistics
@@ -124,7 +126,8 @@ class Predictor:
     """The two-phase cascade, loaded once and run on any number of volumes.
 
     Args:
-        model_dir: ``RUN_DIR`` holding ``kidney/best.safetensors`` and ``tumor/best.safetensors``.
+        model_dir: ``RUN_DIR`` holding ``kidney/best.safetensors`` and ``tumor/best.safetensors``,
+            a model package or an installed model id (`kidneyseg.model_package.open_model`).
         device: ``auto``/``cpu``/``cuda``/``mps``; None = the checkpoint's ``inference.device``.
         batch_size: slices per forward pass; None = the checkpoint's ``inference.batch_size``.
         progress: show a progress bar per volume (on stderr, when it is a terminal).
@@ -133,6 +136,8 @@ class Predictor:
             ``<name>.seg.dcm`` beside the label file's path (``dicom-seg``: that file only).
         config_file: config file whose ``inference``/``postprocess`` sections apply.
         overrides: ``section.key=value`` strings, e.g. ``["postprocess.min_component_ml=0.5"]``.
+        save_probabilities: also write each phase's probability map beside each label file
+            (uint8, p x 255; `kidneyseg.formats.pred_dir.probability_path`).
 
     Attributes:
         config: the kidney checkpoint's config with the prediction-time settings applied.
@@ -156,16 +161,15 @@ class Predictor:
         config_file: str | Path | None = None,
         overrides: list[str] | None = None,
         output_format: str | None = None,
+        save_probabilities: bool = False,
     ) -> None:
+        self.save_probabilities = save_probabilities
         self.model_dir = Path(model_dir)
-        if not self.model_dir.is_dir():
-            raise KidneysegError(
-                "model folder not found (expected RUN_DIR with kidney/ and tumor/)",
-                path=self.model_dir,
-            )
-        # Load on the CPU first so the config's own inference.device can be honoured.
-        kidney = PhaseRunner.load(require_best_checkpoint(self.model_dir, "kidney"), "kidney")
-        tumor = PhaseRunner.load(require_best_checkpoint(self.model_dir, "tumor"), "tumor")
+        with open_model(model_dir) as folder:
+            # Load on the CPU first so the config's own inference.device can be honoured.
+            kidney = PhaseRunner.load(require_best_checkpoint(folder, "kidney"), "kidney")
+            tumor = PhaseRunner.load(require_best_checkpoint(folder, "tumor"), "tumor")
+            identity = model_id(folder)
         self.config = _predict_config(kidney.config, config_file, overrides)
         inference = self.config.inference
         self.device = resolve_device(inference.device if device is None else device)
@@ -182,7 +186,7 @@ class Predictor:
             )
         self.output_format = output_format
         self.provenance = provenance(
-            model_id(self.model_dir), str(self.model_dir), str(self.device), kidney.precision
+            identity, str(self.model_dir), str(self.device), kidney.precision
         )
         if self.device.type == "cpu":
             use_all_cores()
@@ -198,10 +202,22 @@ class Predictor:
         Example:
             >>> labels = predictor.predict_volume(read_image("ct.nii.gz"))  # doctest: +SKIP
         """
-        return self._predict(volume, volume.case_id or None)
+        return self._predict(volume, volume.case_id or None)[0]
+
+    def predict_probabilities(self, volume: Volume) -> tuple[Volume, Volume, Volume]:
+        """Labels and the kidney and tumor probabilities (uint8, ``round(p x 255)``), all in
+        ``volume``'s exact geometry; the labels are those of `predict_volume`."""
+        labels, probs = self._predict(volume, volume.case_id or None, probabilities=True)
+        assert probs is not None
+        return labels, probs[0], probs[1]
 
     def segment_canonical(
-        self, ct: npt.NDArray[Any], spacing: tuple[float, float, float], bar: Any = None
+        self,
+        ct: npt.NDArray[Any],
+        spacing: tuple[float, float, float],
+        bar: Any = None,
+        kidney_prob: npt.NDArray[np.uint8] | None = None,
+        tumor_prob: npt.NDArray[np.uint8] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """The cascade's raw masks on a canonical ``(z, y, x)`` CT, before postprocessing.
 
@@ -211,12 +227,21 @@ class Predictor:
         Returns:
             ``(kidney, tumor, region)``: phase 1's mask, phase 2's mask (only on slices with
             kidney) and the region phase 2 saw (phase 1 grown by ``data.region_margin_mm``).
+            ``kidney_prob`` / ``tumor_prob``, when given, receive the probabilities
+            (`kidneyseg.localization.segment_cascade`).
         """
         update = None if bar is None else bar.update
         kidney, tumor = self.phases["kidney"], self.phases["tumor"]
-        return segment_cascade(kidney, tumor, ct, spacing, self.config.inference, update)
+        settings = self.config.inference
+        return segment_cascade(
+            kidney, tumor, ct, spacing, settings, update, kidney_prob, tumor_prob
+        )
 
-    def _predict(self, volume: Volume, source: str | Path | None) -> Volume:
+    def _predict(
+        self, volume: Volume, source: str | Path | None, probabilities: bool = False
+    ) -> tuple[Volume, tuple[Volume, Volume] | None]:
+        """Labels in ``volume``'s geometry, and (``probabilities``) the kidney and tumor
+        probability volumes beside them."""
         from tqdm.auto import tqdm
 
         ct = volume.to_canonical()
@@ -230,11 +255,14 @@ class Predictor:
             disable=None if self.progress else True,
         )
         spacing = volume.canonical_spacing
+        k_prob = np.zeros(ct.shape, np.uint8) if probabilities else None
+        t_prob = np.zeros(ct.shape, np.uint8) if probabilities else None
         with bar:
-            kidney, tumor, region = self.segment_canonical(ct, spacing, bar)
+            kidney, tumor, region = self.segment_canonical(ct, spacing, bar, k_prob, t_prob)
         labels = postprocess(kidney, tumor, spacing, self.config.postprocess, region=region)
-        out = volume.from_canonical(labels)
-        return out.with_array(np.ascontiguousarray(out.array))
+        outs = [volume.from_canonical(a) for a in (labels, k_prob, t_prob) if a is not None]
+        outs = [out.with_array(np.ascontiguousarray(out.array)) for out in outs]
+        return outs[0], (outs[1], outs[2]) if len(outs) == 3 else None
 
     # ---------------------------------------------------------------- files
 
@@ -283,15 +311,23 @@ class Predictor:
                 "its source images)",
                 path=path,
             )
-        labels = self._predict(volume, path)
+        labels, probs = self._predict(volume, path, self.save_probabilities)
+        description = header_description(self.provenance)
         if fmt != "dicom-seg":
-            write_volume(labels, out, header_description(self.provenance))
+            write_volume(labels, out, description)
         if fmt != "nifti":
             write_dicom_seg(labels, path, seg_path(out), self.provenance, series)
+        if probs is not None:  # last: folder mode redoes a case whose probabilities are missing
+            for phase, prob in zip(("kidney", "tumor"), probs, strict=True):
+                write_volume(prob, probability_path(out, phase), description)
         return volume, labels
 
     def _done(self, case: InputCase) -> bool:
         """Whether folder mode finds a case's output already there."""
+        if self.save_probabilities and not all(
+            probability_path(case.target, phase).exists() for phase in ("kidney", "tumor")
+        ):
+            return False
         if self.output_format == "dicom-seg":
             return seg_path(case.target).exists()
         return case.target.exists()
@@ -391,6 +427,7 @@ def predict(
     cases: Sequence[str] | None = None,
     series: str | None = None,
     output_format: str | None = None,
+    save_probabilities: bool = False,
 ) -> PredictReport:
     """``kidneyseg predict``: check inputs and output first, load the models, predict.
 
@@ -405,6 +442,7 @@ def predict(
     predictor = Predictor(
         model_dir, device, batch_size, progress, config_file, overrides, output_format
     )
+    predictor.save_probabilities = save_probabilities
     return predictor.run_plan(
         plan, skip_existing=skip_existing, stats_path=stats_path, series=series
     )

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from kidneyseg.config import Config, validate
+from kidneyseg.config import Config, DataConfig, validate
 from kidneyseg.dataset import ForegroundSampler, SliceDataset, phase_norm_record
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import META_FILE, PrepDir, open_prep_dir
@@ -254,6 +254,13 @@ def add_extra_cases(setup: TrainingSetup, extra: PrepDir) -> None:
         setup.val_set = ConcatDataset(parts) if len(parts) > 1 else extra_val
 
 
+def foreground_fraction(cfg: DataConfig, phase: str) -> float:
+    """The share of each epoch's slices drawn from slices holding the phase's target."""
+    if phase == "tumor" and cfg.tumor_foreground_fraction is not None:
+        return cfg.tumor_foreground_fraction
+    return cfg.foreground_fraction
+
+
 def make_loaders(
     setup: TrainingSetup, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
@@ -269,7 +276,7 @@ def make_loaders(
     sampler = ForegroundSampler(
         setup.foreground,
         samples,
-        cfg.data.foreground_fraction,
+        foreground_fraction(cfg.data, setup.phase),
         cfg.train.seed,
         rank,
         world_size,

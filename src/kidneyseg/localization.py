@@ -14,8 +14,11 @@ cascade's answer inside a generous crop equals its answer on the whole slice. Fa
 4. **Phase 2** only on slices whose region is non-empty, on a box around the region.
 
 `segment_cascade` runs this when ``inference.mode = "fast"`` and the whole-slice cascade with
-``"naive"`` (the default); `kidneyseg.inference.Predictor` and the phase-1 regions of phase-2
-training (`kidneyseg.regions`) both call it. ``benchmarks/predict_speed.py`` times both modes and
+``"naive"`` (the default). Given uint8 arrays to fill (``kidney_prob``, ``tumor_prob``), it also
+keeps each phase's probability (`kidneyseg.phase_runner.quantize_probability`): 0 wherever the
+phase did not run, and phase 2's also 0 outside the region it saw.
+`kidneyseg.inference.Predictor` and the phase-1 regions of phase-2 training
+(`kidneyseg.regions`) both call it. ``benchmarks/predict_speed.py`` times both modes and
 reports the Dice between their label maps.
 
 Example:
@@ -176,13 +179,20 @@ def segment_kidneys(
     spacing: tuple[float, float, float],
     settings: InferenceConfig,
     progress: Callable[[int], object] | None = None,
+    probabilities: npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.bool_]:
     """Phase 1's mask of a canonical CT: around the kidneys only (``settings.mode = "fast"``)
-    or on every whole slice (``"naive"``). Prediction and phase-2 training both call this."""
+    or on every whole slice (``"naive"``). Prediction and phase-2 training both call this.
+
+    ``probabilities`` (uint8, the CT's shape), when given, receives the phase's probability
+    where it ran densely (0 elsewhere; the coarse pass does not count)."""
     step = max(1, int(round(settings.coarse_step_mm / spacing[0])))
     # A short volume (a few slices, or thick ones) gains nothing from a coarse pass.
     if settings.mode == "naive" or ct.shape[0] < 3 * step:
-        return runner.segment(ct, np.arange(ct.shape[0]), progress=progress)
+        everything = np.arange(ct.shape[0])
+        return runner.segment(ct, everything, progress=progress, probabilities=probabilities)
+    if probabilities is not None:
+        probabilities[...] = 0
     shape = ct.shape
     kidney = np.zeros(shape, bool)
     coarse = np.arange(min(step // 2, shape[0] - 1), shape[0], step)
@@ -193,11 +203,15 @@ def segment_kidneys(
     boxes = kidney_boxes(hits, coarse, step, body, shape[0], (dz, dy, dx))
     for box in merge_if_cheaper(boxes):
         for _ in range(MAX_GROWTH + 1):
-            part = runner.segment(ct, np.arange(box.z0, box.z1), progress=progress, box=box.plane)
+            zs = np.arange(box.z0, box.z1)
+            buf = None if probabilities is None else np.empty((len(zs), *shape[1:]), np.uint8)
+            part = runner.segment(ct, zs, progress=progress, box=box.plane, probabilities=buf)
             if not _touches(part[:, box.y0 : box.y1, box.x0 : box.x1], box, limits):
                 break
             box = _grow(box, limits, dz, dy, dx)
         kidney[box.z0 : box.z1] |= part
+        if probabilities is not None and buf is not None:
+            np.maximum(probabilities[box.z0 : box.z1], buf, out=probabilities[box.z0 : box.z1])
     return kidney
 
 
@@ -208,14 +222,27 @@ def segment_tumors(
     spacing: tuple[float, float, float],
     settings: InferenceConfig,
     progress: Callable[[int], object] | None = None,
+    probabilities: npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.bool_]:
     """Phase 2's mask: only on slices where ``region`` is non-empty; in fast mode only on a box
-    (per body side) around the region, grown by ``settings.crop_margin_mm``."""
+    (per body side) around the region, grown by ``settings.crop_margin_mm``.
+
+    ``probabilities`` (uint8, the CT's shape), when given, receives the phase's probability on
+    the slices and boxes it ran on (0 elsewhere)."""
     tumor = np.zeros(ct.shape, bool)
+    if probabilities is not None:
+        probabilities[...] = 0
+
+    def run(zs: npt.NDArray[np.intp], box: tuple[int, int, int, int] | None) -> None:
+        buf = None if probabilities is None else np.empty((len(zs), *ct.shape[1:]), np.uint8)
+        tumor[zs] |= runner.segment(ct, zs, region, progress=progress, box=box, probabilities=buf)
+        if probabilities is not None and buf is not None:
+            probabilities[zs] = np.maximum(probabilities[zs], buf)
+
     if settings.mode == "naive":
         zs = np.flatnonzero(region.any(axis=(1, 2)))
         if len(zs):
-            tumor[zs] = runner.segment(ct, zs, region, progress=progress)
+            run(zs, None)
         return tumor
     dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing[1:])
     body = body_box(ct, np.flatnonzero(region.any(axis=(1, 2)))[::4])
@@ -236,7 +263,7 @@ def segment_tumors(
     for box in merge_if_cheaper(boxes):
         inside = region[box.z0 : box.z1, box.y0 : box.y1, box.x0 : box.x1]
         zs = box.z0 + np.flatnonzero(inside.any(axis=(1, 2)))
-        tumor[zs] |= runner.segment(ct, zs, region, progress=progress, box=box.plane)
+        run(zs, box.plane)
     return tumor
 
 
@@ -247,14 +274,20 @@ def segment_cascade(
     spacing: tuple[float, float, float],
     settings: InferenceConfig,
     progress: Callable[[int], object] | None = None,
+    kidney_prob: npt.NDArray[np.uint8] | None = None,
+    tumor_prob: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """The cascade's raw masks ``(kidney, tumor, region)`` of a canonical CT.
 
     Phase 2 sees phase 1's mask grown by the tumor model's ``data.region_margin_mm``, as it
-    was trained (0 mm: the paper's tight region).
+    was trained (0 mm: the paper's tight region). ``kidney_prob`` / ``tumor_prob`` (uint8, the
+    CT's shape), when given, receive each phase's probability (``round(p x 255)``); phase 2's
+    is 0 outside the region.
     """
-    kidney = segment_kidneys(kidney_runner, ct, spacing, settings, progress)
+    kidney = segment_kidneys(kidney_runner, ct, spacing, settings, progress, kidney_prob)
     margin_mm = tumor_runner.config.data.region_margin_mm
     region = expand_region(kidney, (spacing[1], spacing[2]), margin_mm)
-    tumor = segment_tumors(tumor_runner, ct, region, spacing, settings, progress)
+    tumor = segment_tumors(tumor_runner, ct, region, spacing, settings, progress, tumor_prob)
+    if tumor_prob is not None:
+        tumor_prob[~region] = 0
     return kidney, tumor, region

@@ -9,7 +9,9 @@ training sees with ``data.tumor_region=predicted``, so both sides segment exactl
 2. resized to the checkpoint's ``data.image_size`` (`kidneyseg.resize`), batched, channels_last
    (not on MPS), autocast at the resolved precision (`kidneyseg.hardware`);
 3. logits resized back to the slice and thresholded: ``logit > log(t / (1 - t))``, the same as
-   ``sigmoid > t`` without a sigmoid over every pixel.
+   ``sigmoid > t`` without a sigmoid over every pixel. Only when asked (``probabilities=``, for
+   ``predict --save-probabilities``) is the sigmoid taken too, stored as uint8
+   ``round(p x 255)`` (`PROBABILITY_SCALE`); the masks are the same either way.
 
 Example:
     >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
@@ -31,10 +33,23 @@ import torch
 
 from kidneyseg.config import Config
 from kidneyseg.errors import KidneysegError
+from kidneyseg.formats.pred_dir import PROBABILITY_SCALE
 from kidneyseg.hardware import autocast, resolve_precision
 from kidneyseg.models import CheckpointMeta, load_checkpoint
 from kidneyseg.normalization import NormalizationRecord, normalize
 from kidneyseg.resize import from_model_size, to_model_size
+
+
+def quantize_probability(logits: torch.Tensor) -> npt.NDArray[np.uint8]:
+    """``round(sigmoid(logits) * 255)`` as uint8 on the CPU (the scale of the probability
+    files, `kidneyseg.formats.pred_dir.PROBABILITY_SCALE`).
+
+    Example:
+        >>> quantize_probability(torch.tensor([-1e4, 0.0, 1e4])).tolist()
+        [0, 128, 255]
+    """
+    scaled = torch.sigmoid(logits.float()).mul_(PROBABILITY_SCALE).round_()
+    return scaled.to(torch.uint8).cpu().numpy()
 
 
 def logit_threshold(threshold: float) -> float:
@@ -158,6 +173,7 @@ class PhaseRunner:
         region: npt.NDArray[np.bool_] | None = None,
         progress: Callable[[int], object] | None = None,
         box: tuple[int, int, int, int] | None = None,
+        probabilities: npt.NDArray[np.uint8] | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
 
@@ -171,12 +187,22 @@ class PhaseRunner:
                 slice (grown to its 32-pixel grid, `model_box`); outside it the mask is False.
                 The network is fully convolutional, so a crop with a margin gives the whole
                 slice's answer inside it; ``None`` = the whole slice.
+            probabilities: uint8 ``(len(slices), y, x)`` to fill with the sigmoid
+                (`quantize_probability`; 0 outside ``box``). None (the default) skips the
+                sigmoid entirely.
 
         Returns:
             bool ``(len(slices), y, x)``.
         """
         height, width = ct.shape[1:]
         out = np.zeros((len(slices), height, width), dtype=bool)
+        if probabilities is not None:
+            if probabilities.shape != out.shape or probabilities.dtype != np.uint8:
+                raise KidneysegError(
+                    f"probabilities must be uint8 {out.shape} (got {probabilities.dtype} "
+                    f"{probabilities.shape})"
+                )
+            probabilities[...] = 0
         if len(slices) == 0:
             return out
         size = self.image_size
@@ -210,6 +236,8 @@ class PhaseRunner:
                     y0, y1, x0, x1 = crop
                     masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
                     out[rows, y0:y1, x0:x1] = masks
+                    if probabilities is not None:
+                        probabilities[rows, y0:y1, x0:x1] = quantize_probability(logits[:, 0])
                 else:
                     if crop is not None:  # back on the whole model-size slice, then resize
                         canvas = logits.new_full((len(idx), 1, size, size), -1e4)
@@ -217,6 +245,8 @@ class PhaseRunner:
                         logits = canvas
                     logits = from_model_size(logits, (height, width))
                     out[rows] = (logits[:, 0] > self._logit_threshold).cpu().numpy()
+                    if probabilities is not None:
+                        probabilities[rows] = quantize_probability(logits[:, 0])
                 if progress is not None:
                     progress(len(idx))
         return out

@@ -25,6 +25,8 @@ SUBCOMMANDS = (
     "preprocess",
     "train",
     "predict",
+    "export",
+    "install-model",
     "evaluate",
     "report",
     "view",
@@ -102,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"kidneyseg.cli.{name}").register(sub)
+        importlib.import_module(f"kidneyseg.cli.{name.replace('-', '_')}").register(sub)
+    for command in sub.choices.values():
+        # `kidneyseg predict ... --debug` as well as `kidneyseg --debug predict ...`; SUPPRESS
+        # keeps the subcommand from resetting a --debug given before it.
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 

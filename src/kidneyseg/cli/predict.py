@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        metavar="RUN_DIR",
-        help="model folder holding kidney/best.safetensors and tumor/best.safetensors",
+        metavar="RUN_DIR|MODEL.zip|ID",
+        help="model folder holding kidney/best.safetensors and tumor/best.safetensors, a model "
+        "package (kidneyseg export) or the id of an installed model (kidneyseg install-model)",
     )
     parser.add_argument(
         "--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N or mps"
@@ -75,6 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="label file, DICOM SEG (<name>.seg.dcm beside it; DICOM input only) or both "
         "(default: both for a DICOM series, the label file otherwise)",
     )
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz beside each "
+        "output: uint8, probability x 255, in the input's geometry",
+    )
     add_split_options(parser, "predict")
     parser.add_argument(
         "--preview",
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         cases=cases,
         series=args.series,
         output_format=args.output_format,
+        save_probabilities=args.save_probabilities,
     )
     print(f"{report.summary()} -> {args.output}")
     for case_id, message in report.failed:

@@ -12,6 +12,12 @@
 * Each label file names its model in its header description (`header_description`:
   ``kidneyseg <version> model <model id> <device> <precision>``; NIfTI ``descrip``).
 * DICOM input: ``<name>.seg.dcm`` (`seg_path`), a DICOM Segmentation (`kidneyseg.dicom_seg`).
+* ``--save-probabilities``: ``<name>_kidney_prob.nii.gz`` and ``<name>_tumor_prob.nii.gz``
+  (`probability_path`) beside the label file, in its geometry: uint8, value =
+  ``round(probability x 255)`` (`PROBABILITY_SCALE`; divide by 255 to get it back). Phase 1's
+  probability is 0 where it did not run (fast mode: outside the kidney boxes); phase 2's is 0
+  outside the region it ran on (slices without kidney, voxels outside the kidney region). Same
+  header description as the label file.
 
 Example:
     >>> output_path("pred", "case_00001").as_posix()
@@ -34,6 +40,10 @@ STATS_FORMAT = "kidneyseg-stats"
 STATS_FORMAT_VERSION = 2
 #: Suffix of the DICOM Segmentation written beside a label file (``ct.nii.gz`` -> ``ct.seg.dcm``).
 SEG_SUFFIX = ".seg.dcm"
+#: Probability files hold uint8 ``round(p * PROBABILITY_SCALE)``.
+PROBABILITY_SCALE = 255
+#: ``<name>_<phase>_prob.nii.gz`` (always NIfTI, whatever the label file's format).
+PROBABILITY_SUFFIX = "_prob.nii.gz"
 
 
 def output_path(pred_dir: str | Path, case_id: str) -> Path:
@@ -58,6 +68,17 @@ def seg_path(label_path: str | Path) -> Path:
     """
     stem = _stem(label_path)
     return stem.with_name(stem.name + SEG_SUFFIX)
+
+
+def probability_path(label_path: str | Path, phase: str) -> Path:
+    """Where ``--save-probabilities`` writes a phase's probability map.
+
+    Example:
+        >>> probability_path("out/ct.nii.gz", "tumor").as_posix()
+        'out/ct_tumor_prob.nii.gz'
+    """
+    stem = _stem(label_path)
+    return stem.with_name(f"{stem.name}_{phase}{PROBABILITY_SUFFIX}")
 
 
 def provenance(model_id: str, model: str, device: str, precision: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -76,15 +77,31 @@ def model_id(run_dir: str | Path) -> str:
     Raises:
         KidneysegError: a phase's best checkpoint is missing.
     """
-    import hashlib
+    return model_id_from_digests(
+        {phase: file_sha256(require_best_checkpoint(run_dir, phase)) for phase in PHASES}
+    )
 
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, as hex."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_id_from_digests(digests: Mapping[str, str]) -> str:
+    """The model id from each phase's best-checkpoint SHA-256 (hex): what `model_id` computes,
+    and what a model package's manifest is checked against.
+
+    Example:
+        >>> model_id_from_digests({"kidney": "0" * 64, "tumor": "1" * 64})
+        '6ca0aa1749761d6a'
+    """
     outer = hashlib.sha256()
     for phase in PHASES:
-        inner = hashlib.sha256()
-        with require_best_checkpoint(run_dir, phase).open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                inner.update(block)
-        outer.update(f"{phase}:{inner.hexdigest()}\n".encode())
+        outer.update(f"{phase}:{digests[phase]}\n".encode())
     return outer.hexdigest()[:16]
 
 
