@@ -34,8 +34,6 @@ from kidneyseg.utils import atomic_write_text
 BEST_FILE = "best.safetensors"
 LAST_FILE = "last.safetensors"
 RESUME_FILE = "last.ckpt"
-#: Lightning's checkpoint file name stem (``RESUME_FILE`` without ``.ckpt``).
-RESUME_STEM = "last"
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 CONFIG_FILE = "config.json"
