@@ -132,6 +132,37 @@ def _touches(mask: npt.NDArray[np.bool_], box: Box, limits: Box) -> bool:
     return any(inner and face.any() for inner, face in faces)
 
 
+def side_boxes(mask: npt.NDArray[np.bool_], mid: float) -> list[Box]:
+    """Tight boxes of a ``(z, y, x)`` mask's voxels on each side of column ``mid`` (x < mid,
+    then x >= mid; a side without voxels has no box). Sides are cut by slicing, not by masking
+    a copy of the whole volume.
+
+    Example:
+        >>> m = np.zeros((3, 4, 8), bool); m[1, 1:3, 1] = m[0, 2, 6] = True
+        >>> side_boxes(m, 4.0)
+        [Box(z0=1, z1=2, y0=1, y1=3, x0=1, x1=2), Box(z0=0, z1=1, y0=2, y1=3, x0=6, x1=7)]
+    """
+    split = max(0, min(mask.shape[2], int(math.ceil(mid))))  # integer x < mid <=> x < split
+    boxes = []
+    for start, part in ((0, mask[:, :, :split]), (split, mask[:, :, split:])):
+        zs = np.flatnonzero(part.any(axis=(1, 2)))
+        if not len(zs):
+            continue
+        ys = np.flatnonzero(part.any(axis=(0, 2)))
+        xs = np.flatnonzero(part.any(axis=(0, 1)))
+        boxes.append(
+            Box(
+                int(zs[0]),
+                int(zs[-1]) + 1,
+                int(ys[0]),
+                int(ys[-1]) + 1,
+                start + int(xs[0]),
+                start + int(xs[-1]) + 1,
+            )
+        )
+    return boxes
+
+
 def kidney_boxes(
     hits: npt.NDArray[np.bool_],
     coarse: npt.NDArray[np.intp],
@@ -150,24 +181,16 @@ def kidney_boxes(
         depth: the number of axial slices.
         margin: ``(dz, dy, dx)`` voxels added around each group.
     """
-    mid = (body[2] + body[3]) / 2
     limits = Box(0, depth, *body)
     boxes = []
-    xs_all = np.arange(hits.shape[2])
-    for side in (xs_all < mid, xs_all >= mid):
-        part = hits & side[None, None, :]
-        zs = np.flatnonzero(part.any(axis=(1, 2)))
-        if not len(zs):
-            continue
-        ys = np.flatnonzero(part.any(axis=(0, 2)))
-        xs = np.flatnonzero(part.any(axis=(0, 1)))
+    for side in side_boxes(hits, (body[2] + body[3]) / 2):
         box = Box(
-            int(coarse[zs[0]]) - step + 1,
-            int(coarse[zs[-1]]) + step,
-            int(ys[0]),
-            int(ys[-1]) + 1,
-            int(xs[0]),
-            int(xs[-1]) + 1,
+            int(coarse[side.z0]) - step + 1,
+            int(coarse[side.z1 - 1]) + step,
+            side.y0,
+            side.y1,
+            side.x0,
+            side.x1,
         )
         boxes.append(_grow(box, limits, *margin))
     return boxes
@@ -246,20 +269,8 @@ def segment_tumors(
         return tumor
     dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing[1:])
     body = body_box(ct, np.flatnonzero(region.any(axis=(1, 2)))[::4])
-    mid = (body[2] + body[3]) / 2
-    columns = np.arange(ct.shape[2])
-    boxes = []
-    for side in (columns < mid, columns >= mid):
-        part = region & side[None, None, :]
-        zs = np.flatnonzero(part.any(axis=(1, 2)))
-        if not len(zs):
-            continue
-        flat = part[zs]
-        ys, xs = np.flatnonzero(flat.any(axis=(0, 2))), np.flatnonzero(flat.any(axis=(0, 1)))
-        box = Box(
-            int(zs[0]), int(zs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-        )
-        boxes.append(_grow(box, Box(0, ct.shape[0], 0, ct.shape[1], 0, ct.shape[2]), 0, dy, dx))
+    whole = Box(0, ct.shape[0], 0, ct.shape[1], 0, ct.shape[2])
+    boxes = [_grow(b, whole, 0, dy, dx) for b in side_boxes(region, (body[2] + body[3]) / 2)]
     for box in merge_if_cheaper(boxes):
         inside = region[box.z0 : box.z1, box.y0 : box.y1, box.x0 : box.x1]
         zs = box.z0 + np.flatnonzero(inside.any(axis=(1, 2)))

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import torch
 from kidneyseg.config import InferenceConfig
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import PrepDir
+from kidneyseg.formats.run_dir import file_sha256
 from kidneyseg.localization import segment_kidneys
 from kidneyseg.models import read_checkpoint_meta
 from kidneyseg.phase_runner import PhaseRunner
@@ -40,15 +40,6 @@ def region_files(regions_dir: str | Path, case_id: str) -> tuple[Path, Path]:
     """``(<case_id>.npy, <case_id>.slices.npy)`` in a regions folder."""
     d = Path(regions_dir)
     return d / f"{case_id}.npy", d / f"{case_id}.slices.npy"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def regions_complete(regions_dir: str | Path, case_ids: Sequence[str]) -> bool:
@@ -84,7 +75,7 @@ def regions_ready(
     ``settings`` (default settings when None)."""
     if not regions_complete(regions_dir, case_ids):
         return False
-    key = file_digest(Path(checkpoint)) + ":" + _settings_key(settings or InferenceConfig())
+    key = file_sha256(Path(checkpoint)) + ":" + _settings_key(settings or InferenceConfig())
     return _recorded_digest(Path(regions_dir)) == key
 
 
@@ -128,7 +119,7 @@ def predict_kidney_regions(
         settings.threshold,
     )
     # Regions depend on the checkpoint and on how the cascade runs: both key the cache.
-    digest = file_digest(checkpoint) + ":" + _settings_key(settings)
+    digest = file_sha256(checkpoint) + ":" + _settings_key(settings)
     recorded = _recorded_digest(out)
     if recorded is not None and recorded != digest:
         shutil.rmtree(out)  # regions of another phase-1 model: stale
