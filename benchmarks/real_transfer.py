@@ -37,10 +37,12 @@ from kidneyseg.config import Config, resolve_config
 from kidneyseg.data.phantoms import write_cohort
 from kidneyseg.evaluation import evaluate
 from kidneyseg.formats.prep_dir import read_split
+from kidneyseg.geometry import CanonicalGeometry
 from kidneyseg.inference import Predictor
 from kidneyseg.io import read_image, read_labels, write_volume
 from kidneyseg.metrics import dice
 from kidneyseg.preprocessing import preprocess
+from kidneyseg.stats import body_midline_x
 from kidneyseg.training import train_phase
 from kidneyseg.types import Volume
 
@@ -77,31 +79,26 @@ def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: 
     return value
 
 
-def lps_x_mm(volume: Volume) -> np.ndarray:
-    """Patient-left coordinate (LPS x, mm) of every voxel, in the volume's own index order."""
-    idx = np.indices(volume.shape, dtype=np.float64)
-    spacing = np.asarray(volume.spacing, np.float64)
-    direction = np.asarray(volume.direction_matrix, np.float64)
-    # x_world = origin + D @ (index * spacing): only the first (L) row is needed.
-    return volume.origin[0] + np.tensordot(direction[0] * spacing, idx, axes=1)
-
-
 def side_masks(mask: np.ndarray, ct: Volume) -> dict[str, np.ndarray]:
-    """Split a mask into patient left / right at the body's midline (mean LPS x of the body)."""
-    x = lps_x_mm(ct)
-    body = np.asarray(ct.array) > -300
-    midline = float(x[body].mean()) if body.any() else float(x.mean())
+    """Split a canonical mask into patient left / right, voxel by voxel, at the body midline
+    (`kidneyseg.stats.body_midline_x`; LPS x from the direction cosines)."""
+    geometry = CanonicalGeometry.of(ct)
+    hu = ct.to_canonical()
+    index = np.indices(hu.shape, dtype=np.float64).reshape(3, -1).T
+    x = geometry.lps_x(index).reshape(hu.shape)
+    midline = body_midline_x(geometry, hu.shape, hu)
     return {"left": mask & (x > midline), "right": mask & (x <= midline)}
 
 
 def compare_with_totalseg(pred: Volume, ct: Volume) -> dict[str, Any]:
     """Kidney Dice vs TotalSegmentator, per-side volumes and whether the sides are right."""
-    ts = read_image_labels(TS_SEG)
-    if ts.shape != ct.shape:
-        raise SystemExit(f"{TS_SEG}: shape {ts.shape} differs from the CT's {ct.shape}")
+    ts_file = read_image_labels(TS_SEG)
+    if ts_file.shape != ct.shape:
+        raise SystemExit(f"{TS_SEG}: shape {ts_file.shape} differs from the CT's {ct.shape}")
+    ts = Volume(ts_file, ct.spacing, ct.origin, ct.direction).to_canonical()
     ts_left = ts == TS_KIDNEY_LEFT
     ts_right = ts == TS_KIDNEY_RIGHT
-    kidney = np.asarray(pred.array) > 0
+    kidney = pred.to_canonical() > 0
     sides = side_masks(kidney, ct)
     ml = ct.voxel_volume_ml
     d_left, d_right = dice(sides["left"], ts_left), dice(sides["right"], ts_right)
