@@ -5,8 +5,10 @@ as ``.nii.gz``; each mode is timed from reading the file to writing the label ma
 
 * ``naive``: phase 1 on every whole axial slice, phase 2 on every slice with kidney (the paper's
   cascade as written);
-* ``fast``: a coarse pass finds the kidneys, both phases run only on crops around them
-  (`kidneyseg.localization`, ``inference.mode = "fast"``, the default).
+* ``fast``: a coarse pass finds the kidneys, both phases run only around them
+  (`kidneyseg.localization`, ``inference.mode = "fast"``): on whole slices over the kidneys'
+  axial range (``inference.fast_crop = "axial"``, the default) or on in-plane boxes too
+  (``--set inference.fast_crop=box``).
 
 Models: ``--model RUN_DIR`` (trained; then the Dice between the two label maps is reported), or
 random-weight ResNet34 U-Nets at ``--image-size`` (the paper's 512 px by default). Random

@@ -151,6 +151,10 @@ class InferenceConfig:
     coarse_step_mm: float = 10.0
     #: Fast mode: margin (mm) kept around the kidneys found, in-plane and along the axial axis.
     crop_margin_mm: float = 30.0
+    #: Fast mode: what is cut away. "axial": whole slices, only over the kidneys' axial range
+    #: (the naive answer on every slice it runs, so accuracy does not pay); "box": also an
+    #: in-plane box per side (faster, but the crop edge changes small models' answers).
+    fast_crop: str = "axial"
 
 
 @dataclass(frozen=True)
@@ -394,6 +398,10 @@ def validate(cfg: Config) -> Config:
     need(
         cfg.inference.mode in ("fast", "naive"),
         f"inference.mode must be fast or naive (got {cfg.inference.mode!r})",
+    )
+    need(
+        cfg.inference.fast_crop in ("axial", "box"),
+        f"inference.fast_crop must be axial or box (got {cfg.inference.fast_crop!r})",
     )
     need(cfg.inference.coarse_step_mm > 0, "inference.coarse_step_mm must be > 0")
     need(cfg.inference.crop_margin_mm >= 0, "inference.crop_margin_mm must be >= 0")
