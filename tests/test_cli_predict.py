@@ -94,9 +94,9 @@ def test_plain_folder_shards(
         write_volume(_ct(), tmp_path / "in" / f"{name}.mha")
     out = tmp_path / "out"
     assert _predict(tmp_path / "in", out, "--model", run_dir, "--shard", "2/2") == 0
-    assert _files(out) == ["p2.nii.gz"]
+    assert _files(out) == ["p2.mha"]  # folder mode keeps each input's format
     assert _predict(tmp_path / "in", out, "--model", run_dir, "--shard", "1/2") == 0
-    assert _files(out) == ["p1.nii.gz", "p2.nii.gz", "p3.nii.gz"]
+    assert _files(out) == ["p1.mha", "p2.mha", "p3.mha"]
     capsys.readouterr()
     for bad in ("3/2", "0/1", "half"):
         assert _predict(tmp_path / "in", out, "--model", run_dir, "--shard", bad) == 2

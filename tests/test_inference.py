@@ -388,19 +388,19 @@ def test_find_inputs_layouts(tmp_path: Path) -> None:
     kits = tmp_path / "kits"
     for case in ("case_00002", "case_00001"):
         write_volume(volume, kits / case / "imaging.nii.gz")
-    pairs, collection = find_inputs(kits)
-    assert collection and [c for c, _ in pairs] == ["case_00001", "case_00002"]
+    found, collection = find_inputs(kits)
+    assert collection and [f.case_id for f in found] == ["case_00001", "case_00002"]
     plain = tmp_path / "plain"
     write_volume(volume, plain / "b.nrrd")
     write_volume(volume, plain / "a.nii.gz")
     (plain / "notes.txt").write_text("not an image")
-    pairs, collection = find_inputs(plain)
-    assert collection and pairs == [("a", plain / "a.nii.gz"), ("b", plain / "b.nrrd")]
-    assert find_inputs(plain / "a.nii.gz") == ([("a", plain / "a.nii.gz")], False)
+    found, collection = find_inputs(plain)
+    assert collection and found == [("a", plain / "a.nii.gz", None), ("b", plain / "b.nrrd", None)]
+    assert find_inputs(plain / "a.nii.gz") == ([("a", plain / "a.nii.gz", None)], False)
     dicom = tmp_path / "dicom"
     dicom.mkdir()
     (dicom / "IM0001").write_bytes(b"")
-    assert find_inputs(dicom) == ([("dicom", dicom)], False)
+    assert find_inputs(dicom) == ([("dicom", dicom, None)], False)
     with pytest.raises(KidneysegError, match="no such file"):
         find_inputs(tmp_path / "missing")
 

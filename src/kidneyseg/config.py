@@ -16,17 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser from PyPI (a dependency there, see pyproject.toml)
-    import tomli as tomllib
 
 from kidneyseg.errors import KidneysegError
 from kidneyseg.utils import atomic_write_text
