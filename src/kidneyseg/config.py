@@ -129,6 +129,8 @@ class TrainConfig:
     compile: bool = False
     #: Validation batches per epoch (0 = all).
     limit_val_batches: int = 0
+    #: best.safetensors: "loss" = lowest val_loss (paper §4.2), "dice" = highest val_dice.
+    checkpoint_metric: str = "loss"
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ class InferenceConfig:
     coarse_step_mm: float = 10.0
     #: Fast mode: margin (mm) kept around the kidneys found, in-plane and along the axial axis.
     crop_margin_mm: float = 30.0
+    #: Flip test-time augmentation: mean probability of each slice and its left-right mirror.
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class PostprocessConfig:
     tumor_inside_kidney: bool = True
     #: Remove 3D connected components smaller than this (mL); 0 = off (paper preset).
     min_component_ml: float = 0.0
+    #: Keep only the N largest 3D components of kidney + masses (labels >= 1); 0 = off.
+    kidney_components: int = 0
 
 
 @dataclass(frozen=True)
@@ -343,6 +349,7 @@ def validate(cfg: Config) -> Config:
         t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw ({t.optimizer!r})"
     )
     need(t.num_nodes >= 1, "train.num_nodes must be >= 1")
+    need(t.checkpoint_metric in ("loss", "dice"), "train.checkpoint_metric must be loss or dice")
     need(
         t.lr_schedule in ("constant", "cosine"),
         f"train.lr_schedule must be constant or cosine (got {t.lr_schedule!r})",
@@ -402,6 +409,7 @@ def validate(cfg: Config) -> Config:
         f"inference.precision must be auto, fp32, bf16 or fp16 (got {cfg.inference.precision!r})",
     )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
+    need(cfg.postprocess.kidney_components >= 0, "postprocess.kidney_components must be >= 0")
     return cfg
 
 
