@@ -248,5 +248,38 @@ def test_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
-    for option in ("--model", "--device", "--batch-size", "--shard", "--stats", "--overwrite"):
+    for option in (
+        "--model",
+        "--device",
+        "--batch-size",
+        "--shard",
+        "--stats",
+        "--overwrite",
+        "--tta",
+    ):
         assert option in text
+
+
+def test_tta_flag_reaches_both_phases(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kidneyseg.phase_runner import PhaseRunner
+
+    seen: list[bool] = []
+    configure = PhaseRunner.configure
+
+    def spy(self: PhaseRunner, *args: object, **kwargs: object) -> PhaseRunner:
+        runner = configure(self, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(runner.tta)
+        return runner
+
+    monkeypatch.setattr(PhaseRunner, "configure", spy)
+    src = write_volume(_ct(), tmp_path / "ct.nrrd")
+    for flags, expected in (((), False), (("--tta",), True)):
+        out = tmp_path / f"labels_{expected}.nii.gz"
+        assert _predict(src, out, "--model", run_dir, *flags) == 0
+        # The last configuration of each phase is the one prediction runs with.
+        assert seen[-2:] == [expected, expected]
+        np.testing.assert_array_equal(
+            read_labels(out).array, expected_labels(read_image(src).array)
+        )

@@ -279,6 +279,30 @@ def test_min_component_override_removes_specks(model_dir: Path) -> None:
     np.testing.assert_array_equal(cleaned[1:], plain.to_canonical()[1:])  # big blocks stay
 
 
+def test_tta_and_kidney_components_at_prediction_time(model_dir: Path) -> None:
+    canonical = phantom_canonical()
+    canonical[0, 30, 30] = 150  # a third, one-voxel "kidney", apart from the two real ones
+    volume = volume_from_canonical(canonical)
+    plain = Predictor(model_dir, device="cpu", progress=False)
+    tuned = Predictor(
+        model_dir,
+        device="cpu",
+        progress=False,
+        overrides=["inference.tta=true", "postprocess.kidney_components=2"],
+    )
+    assert all(r.tta for r in tuned.phases.values())
+    assert not any(r.tta for r in plain.phases.values())
+    labels, kidney_prob, tumor_prob = tuned.predict_probabilities(volume)
+    expected = expected_labels(canonical)
+    expected[0, 30, 30] = 0  # the smallest of three components goes
+    # The hand-set network is pixelwise, so it commutes with a flip: TTA keeps its answer.
+    np.testing.assert_array_equal(labels.to_canonical(), expected)
+    plain_labels, plain_kidney, plain_tumor = plain.predict_probabilities(volume)
+    assert plain_labels.to_canonical()[0, 30, 30] == 1
+    for ours, theirs in ((kidney_prob, plain_kidney), (tumor_prob, plain_tumor)):
+        assert np.abs(ours.array.astype(int) - theirs.array).max() <= 1
+
+
 def test_label_statistics_match_counts(predictor: Predictor) -> None:
     volume = volume_from_canonical(phantom_canonical())
     labels = predictor.predict_volume(volume)

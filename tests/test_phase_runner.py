@@ -1,4 +1,5 @@
-"""The one phase runner: phase-1 regions for phase-2 training equal those made at predict time."""
+"""The one phase runner: phase-1 regions for phase-2 training equal those made at predict time;
+flip test-time augmentation (`inference.tta`)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from kidneyseg.config import Config, resolve_config
+from kidneyseg.config import Config, InferenceConfig, resolve_config
 from kidneyseg.dataset import phase_norm_record
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats import run_dir as rd
 from kidneyseg.formats.prep_dir import open_prep_dir
 from kidneyseg.inference import Predictor
 from kidneyseg.io import read_image, write_volume
-from kidneyseg.models import build_model, save_checkpoint
+from kidneyseg.models import CheckpointMeta, build_model, read_checkpoint_meta, save_checkpoint
+from kidneyseg.normalization import NormalizationRecord
 from kidneyseg.phase_runner import PhaseRunner, logit_threshold
 from kidneyseg.preprocessing import preprocess
-from kidneyseg.regions import predict_kidney_regions
+from kidneyseg.regions import predict_kidney_regions, regions_ready
 from kidneyseg.types import Volume
 
 # A permuted, flipped file grid with uneven spacing: the canonical view is not the file's.
@@ -107,3 +109,107 @@ def test_runner_checks_phase_and_threshold(prepared: tuple[Path, Path, Path]) ->
         logit_threshold(1.0)
     with pytest.raises(ValueError, match="kidney-region mask"):
         PhaseRunner.load(rd.best_checkpoint(run, "tumor"), "tumor").segment(ct, np.arange(4))
+
+
+# ----------------------------------------------------------------------------- flip TTA
+
+
+class _Pattern(torch.nn.Module):
+    """Logits that ignore the input: a fixed, left-right asymmetric ``(h, w)`` pattern."""
+
+    def __init__(self, pattern: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("pattern", pattern)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0 + self.pattern
+
+
+def _tiny_meta(tmp_path: Path) -> CheckpointMeta:
+    """The metadata of a tiny phase-1 checkpoint (32-px model size, fp32)."""
+    cfg = resolve_config("paper", overrides=TINY)
+    path = tmp_path / "kidney.safetensors"
+    norm = NormalizationRecord("kidney", (0.0, 200.0), 100.0, 50.0)
+    save_checkpoint(path, build_model(cfg.model), cfg, "kidney", norm)
+    return read_checkpoint_meta(path)
+
+
+def test_tta_is_the_mean_probability_of_slice_and_mirror(tmp_path: Path) -> None:
+    ys, xs = np.mgrid[0:32, 0:32]
+    logits = 3.0 * np.sin(0.4 * xs) + 0.1 * ys - 1.0  # differs from its mirror along x
+    meta = _tiny_meta(tmp_path)
+    model = _Pattern(torch.tensor(logits, dtype=torch.float32))
+    ct = np.zeros((3, 32, 32), np.int16)  # 32 px: the model size, no resizing
+    plain_prob, tta_prob = (np.empty(ct.shape, np.uint8) for _ in range(2))
+    plain = PhaseRunner(model, meta, "cpu", "fp32", 2, 0.5).segment(
+        ct, np.arange(3), probabilities=plain_prob
+    )
+    tta = PhaseRunner(model, meta, "cpu", "fp32", 2, 0.5, tta=True).segment(
+        ct, np.arange(3), probabilities=tta_prob
+    )
+    sigmoid = 1.0 / (1.0 + np.exp(-logits))
+    mean = (sigmoid + sigmoid[:, ::-1]) / 2  # the mirror's answer, mirrored back
+    np.testing.assert_array_equal(plain, np.broadcast_to(sigmoid > 0.5, ct.shape))
+    np.testing.assert_array_equal(tta, np.broadcast_to(mean > 0.5, ct.shape))
+    expected = np.broadcast_to(np.round(mean * 255), ct.shape)
+    np.testing.assert_allclose(tta_prob, expected, atol=1)  # +-1: rounding at .5
+    assert (tta != plain).any()  # the pattern is asymmetric: TTA changes the answer
+    # The mean of probabilities, not of logits (sigmoid of the mean logit is another map).
+    mean_logit = 1.0 / (1.0 + np.exp(-(logits + logits[:, ::-1]) / 2))
+    assert np.abs(tta_prob[0] - np.round(mean_logit * 255)).max() > 10
+
+
+def _mirror_symmetric(model: torch.nn.Module) -> torch.nn.Module:
+    """Every (transposed) convolution kernel made left-right symmetric: the network then
+    commutes with a left-right flip of its input (even sizes, symmetric padding)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                module.weight.copy_((module.weight + module.weight.flip(-1)) / 2)
+    return model
+
+
+def test_tta_keeps_the_mask_of_a_flip_equivariant_model(tmp_path: Path) -> None:
+    meta = _tiny_meta(tmp_path)
+    torch.manual_seed(1)
+    model = _mirror_symmetric(_half_on_model(meta.config))
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(model(x.flip(-1)), model(x).flip(-1), atol=1e-5, rtol=1e-4)
+    ct = np.random.default_rng(0).normal(100, 80, (4, 40, 24)).astype(np.int16)  # resized
+    probs = [np.empty(ct.shape, np.uint8) for _ in range(2)]
+    masks = [
+        PhaseRunner(model, meta, "cpu", "fp32", 3, 0.5, tta=tta).segment(
+            ct, np.arange(4), probabilities=prob
+        )
+        for tta, prob in ((False, probs[0]), (True, probs[1]))
+    ]
+    assert 0 < masks[0].sum() < masks[0].size
+    # Equal masks; only a logit within float rounding of the threshold could flip.
+    near = np.abs(probs[0].astype(int) - 127.5) < 1
+    np.testing.assert_array_equal(masks[0][~near], masks[1][~near])
+    assert np.abs(probs[0].astype(int) - probs[1]).max() <= 1
+
+
+def test_tta_regions_for_training_equal_predict_time_regions(
+    prepared: tuple[Path, Path, Path],
+) -> None:
+    data, prep_dir, run = prepared
+    prep = open_prep_dir(prep_dir)
+    cases = list(prep.split.train)
+    checkpoint, out = rd.best_checkpoint(run, "kidney"), run / "tumor" / rd.REGIONS_DIR
+    settings = InferenceConfig(batch_size=3, precision="fp32", tta=True)
+    predict_kidney_regions(prep, cases, checkpoint, out, settings=settings)
+    assert regions_ready(out, cases, checkpoint, settings)
+    # Regions made without TTA are another cache: they would be made again.
+    assert not regions_ready(out, cases, checkpoint, InferenceConfig(precision="fp32"))
+    tta = Predictor(run, device="cpu", progress=False, overrides=["inference.tta=true"])
+    plain = Predictor(run, device="cpu", progress=False)
+    assert all(r.tta for r in tta.phases.values()) and not plain.phases["kidney"].tta
+    changed = 0
+    for case_id in cases:
+        volume = read_image(data / case_id / "imaging.nii.gz")
+        ct, spacing = volume.to_canonical(), volume.canonical_spacing
+        kidney = tta.segment_canonical(ct, spacing)[0]
+        np.testing.assert_array_equal(np.load(out / f"{case_id}.npy").astype(bool), kidney)
+        changed += int((kidney != plain.segment_canonical(ct, spacing)[0]).sum())
+    assert changed > 0  # a random network is not mirror symmetric: TTA did run

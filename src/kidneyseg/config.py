@@ -124,6 +124,8 @@ class TrainConfig:
     compile: bool = False
     #: Validation batches per epoch (0 = all).
     limit_val_batches: int = 0
+    #: best.safetensors: "loss" = lowest val_loss (paper §4.2), "dice" = highest val_dice.
+    checkpoint_metric: str = "loss"
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class InferenceConfig:
     #: (the naive answer on every slice it runs, so accuracy does not pay); "box": also an
     #: in-plane box per side (faster, but the crop edge changes small models' answers).
     fast_crop: str = "axial"
+    #: Flip test-time augmentation: mean probability of each slice and its left-right mirror.
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,8 @@ class PostprocessConfig:
     tumor_inside_kidney: bool = True
     #: Remove 3D connected components smaller than this (mL); 0 = off (paper preset).
     min_component_ml: float = 0.0
+    #: Keep only the N largest 3D components of kidney + masses (labels >= 1); 0 = off.
+    kidney_components: int = 0
 
 
 @dataclass(frozen=True)
@@ -342,6 +348,7 @@ def validate(cfg: Config) -> Config:
         t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw ({t.optimizer!r})"
     )
     need(t.num_nodes >= 1, "train.num_nodes must be >= 1")
+    need(t.checkpoint_metric in ("loss", "dice"), "train.checkpoint_metric must be loss or dice")
     need(
         t.lr_schedule in ("constant", "cosine"),
         f"train.lr_schedule must be constant or cosine (got {t.lr_schedule!r})",
@@ -405,6 +412,7 @@ def validate(cfg: Config) -> Config:
         f"inference.precision must be auto, fp32, bf16 or fp16 (got {cfg.inference.precision!r})",
     )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
+    need(cfg.postprocess.kidney_components >= 0, "postprocess.kidney_components must be >= 0")
     return cfg
 
 

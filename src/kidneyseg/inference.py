@@ -177,8 +177,9 @@ class Predictor:
         if self.batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {self.batch_size})")
         self.progress = progress
+        how = (inference.precision, self.batch_size, inference.threshold, inference.tta)
         for runner in (kidney, tumor):
-            runner.configure(self.device, inference.precision, self.batch_size, inference.threshold)
+            runner.configure(self.device, *how)
         self.phases = {"kidney": kidney, "tumor": tumor}
         if output_format not in (None, *OUTPUT_FORMATS):
             raise KidneysegError(

@@ -154,7 +154,8 @@ class CheckpointMeta:
         normalization: how the phase's input is normalised.
         labels: label id (as a string) -> name.
         kidneyseg_version: the package version that wrote it.
-        extra: anything else the writer added (``epoch``, ``val_loss``, ``train_loss``).
+        extra: anything else the writer added (``epoch``, ``val_loss``, ``val_dice``,
+            ``train_loss``).
     """
 
     phase: str

@@ -13,6 +13,10 @@ training sees with ``data.tumor_region=predicted``, so both sides segment exactl
    ``predict --save-probabilities``) is the sigmoid taken too, stored as uint8
    ``round(p x 255)`` (`PROBABILITY_SCALE`); the masks are the same either way.
 
+With ``tta`` (``inference.tta``) each batch also runs left-right mirrored (the flip of
+training augmentation), and step 3 works on the logit of the two probabilities' mean
+(`PhaseRunner._logits`).
+
 Example:
     >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
     >>> masks = runner.segment(ct, np.arange(len(ct)))  # doctest: +SKIP
@@ -74,6 +78,7 @@ class PhaseRunner:
         precision: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``).
         batch_size: slices per forward pass.
         threshold: probability threshold on the sigmoid output.
+        tta: flip test-time augmentation (`_logits`).
     """
 
     def __init__(
@@ -84,10 +89,11 @@ class PhaseRunner:
         precision: str = "auto",
         batch_size: int = 16,
         threshold: float = 0.5,
+        tta: bool = False,
     ) -> None:
         self.meta = meta
         self.model = model
-        self.configure(torch.device(device), precision, batch_size, threshold)
+        self.configure(torch.device(device), precision, batch_size, threshold, tta)
 
     @classmethod
     def load(
@@ -98,6 +104,7 @@ class PhaseRunner:
         precision: str = "auto",
         batch_size: int = 16,
         threshold: float = 0.5,
+        tta: bool = False,
     ) -> PhaseRunner:
         """Load a checkpoint and check it is a 1-channel, 1-logit model of ``phase``.
 
@@ -113,7 +120,7 @@ class PhaseRunner:
             raise KidneysegError(f"checkpoint has no valid {phase} normalisation record", path=path)
         if meta.config.model.in_channels != 1 or meta.config.model.classes != 1:
             raise KidneysegError("checkpoint is not a 1-channel, 1-logit model", path=path)
-        return cls(model, meta, device, precision, batch_size, threshold)
+        return cls(model, meta, device, precision, batch_size, threshold, tta)
 
     # ---------------------------------------------------------------- properties
 
@@ -134,13 +141,19 @@ class PhaseRunner:
         return self.meta.config.data.image_size
 
     def configure(
-        self, device: torch.device, precision: str, batch_size: int, threshold: float
+        self,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        threshold: float,
+        tta: bool = False,
     ) -> PhaseRunner:
         """Set how to run: move the network to ``device`` (channels_last except on MPS), resolve
-        ``precision`` for it, and set the batch size and probability threshold."""
+        ``precision`` for it, and set the batch size, probability threshold and flip TTA."""
         if batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {batch_size})")
         self.batch_size = int(batch_size)
+        self.tta = bool(tta)
         self.threshold = float(threshold)
         self._logit_threshold = logit_threshold(threshold)
         self.device = device
@@ -152,6 +165,28 @@ class PhaseRunner:
         return self
 
     # ---------------------------------------------------------------- running
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a model-size batch ``(n, 1, h, w)``.
+
+        With ``tta`` the batch runs again mirrored left-right (the last axis: the flip of
+        training augmentation, `kidneyseg.augmentation.BatchAugment`), the answer is mirrored
+        back, and the result is the logit of the mean of the two *probabilities*:
+        ``logit((sigmoid(a) + sigmoid(b)) / 2)``, computed in log space so it stays finite
+        where a probability rounds to 0 or 1.
+        """
+        with autocast(self.device, self.precision):
+            logits = self.model(batch).float()
+            if not self.tta:
+                return logits
+            mirrored = batch.flip(-1)
+            if self.device.type != "mps":
+                mirrored = mirrored.contiguous(memory_format=torch.channels_last)
+            other = self.model(mirrored).float().flip(-1)
+        log_sigmoid = torch.nn.functional.logsigmoid
+        log_2p = torch.logaddexp(log_sigmoid(logits), log_sigmoid(other))  # p: mean probability
+        log_2q = torch.logaddexp(log_sigmoid(-logits), log_sigmoid(-other))  # q = 1 - p
+        return log_2p - log_2q
 
     def model_box(
         self, box: tuple[int, int, int, int], shape: tuple[int, int]
@@ -229,8 +264,7 @@ class PhaseRunner:
                     batch = batch[..., crop[0] : crop[1], crop[2] : crop[3]]
                 if self.device.type != "mps":
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.precision):
-                    logits = self.model(batch).float()
+                logits = self._logits(batch)
                 rows = slice(start, start + len(idx))
                 if crop is not None and native:
                     y0, y1, x0, x1 = crop

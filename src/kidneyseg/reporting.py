@@ -79,10 +79,11 @@ TABLE1_FILE: Final = "table1.csv"
 
 
 # ----------------------------------------------------------------------------- loss curves
-def _curve_labels(phase: str, config_path: Path) -> tuple[str, str]:
-    """The curve's title and the configured loss name (``"loss"`` when unknown)."""
+def _curve_labels(phase: str, config_path: Path) -> tuple[str, str, str]:
+    """The curve's title, the configured loss name (``"loss"`` when unknown) and
+    ``train.checkpoint_metric`` (``"loss"`` when unknown)."""
     index = PHASES.index(phase) + 1 if phase in PHASES else 0
-    title, loss = f"phase {index}: {phase}", "loss"
+    title, loss, metric = f"phase {index}: {phase}", "loss", "loss"
     try:
         cfg = json.loads(config_path.read_text(encoding="utf-8")).get("config", {})
         model, train = cfg.get("model", {}), cfg.get("train", {})
@@ -95,9 +96,10 @@ def _curve_labels(phase: str, config_path: Path) -> tuple[str, str]:
         if parts:
             title += " — " + ", ".join(parts)
         loss = str(train.get("loss", loss))
+        metric = str(train.get("checkpoint_metric", metric))
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # the config only decorates the title; the curve stands without it
-    return title, loss
+    return title, loss, metric
 
 
 # ----------------------------------------------------------------------------- cases
@@ -259,11 +261,12 @@ def _curves_blocks(run_dir: Path, tmp: Path) -> list[_Block]:
             )
             continue
         name = f"curves_{phase}.png"
-        title, loss_name = _curve_labels(phase, phase_dir(run_dir, phase) / CONFIG_FILE)
-        plot_loss_curves(cols, tmp / name, title, loss_name)
+        title, loss_name, metric = _curve_labels(phase, phase_dir(run_dir, phase) / CONFIG_FILE)
+        plot_loss_curves(cols, tmp / name, title, loss_name, metric)
+        best = "highest validation Dice" if metric == "dice" else "lowest validation loss"
         caption = (
             f"Phase {phase}: training vs validation loss per epoch ({len(cols['epoch'])} "
-            "epochs; the star marks the epoch with the lowest validation loss, whose weights "
+            f"epochs; the star marks the epoch with the {best}, whose weights "
             f"are kept as {BEST_FILE})."
         )
         if "seconds" in cols:
