@@ -43,6 +43,6 @@ def test_sources_parse_as_the_oldest_supported_python() -> None:
     for path in sorted((ROOT / "src" / "kidneyseg").rglob("*.py")):
         ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, minor))
     if minor < 11:
-        config = (ROOT / "src" / "kidneyseg" / "config.py").read_text(encoding="utf-8")
+        config = (ROOT / "src" / "kidneyseg" / "config_files.py").read_text(encoding="utf-8")
         assert "import tomli as tomllib" in config
         assert "\"tomli>=1.1; python_version < '3.11'\"" in pyproject
