@@ -158,7 +158,7 @@ def main() -> None:
             if args.threads:
                 torch.set_num_threads(args.threads)
             warm = np.full((1, *shape[1:]), 40, np.int16)
-            predictor.phases["kidney"].segment(warm, np.arange(1))
+            predictor.phases["kidney"].segment(warm, np.arange(1), spacing_z=1.0)  # warm-up
             zs = None
             if mode == "naive" and args.naive_slices:
                 if label is None:

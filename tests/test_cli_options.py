@@ -74,5 +74,5 @@ def test_requires_python_is_what_is_tested_and_no_tomli() -> None:
                 if isinstance(n, ast.ImportFrom)
             }
             assert "tomli" not in imported, f"{path} imports tomli"
-    config = (ROOT / "src" / "kidneyseg" / "config.py").read_text(encoding="utf-8")
+    config = (ROOT / "src" / "kidneyseg" / "config_files.py").read_text(encoding="utf-8")
     assert "\nimport tomllib\n" in config and "version_info" not in config

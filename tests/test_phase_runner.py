@@ -3,6 +3,7 @@ flip test-time augmentation (`inference.tta`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,11 @@ from kidneyseg.formats.prep_dir import open_prep_dir
 from kidneyseg.inference import Predictor
 from kidneyseg.io import read_image, write_volume
 from kidneyseg.models import CheckpointMeta, build_model, read_checkpoint_meta, save_checkpoint
-from kidneyseg.normalization import NormalizationRecord
-from kidneyseg.phase_runner import PhaseRunner, logit_threshold
+from kidneyseg.normalization import NormalizationRecord, normalize
+from kidneyseg.phase_runner import PhaseRunner, logit_threshold, quantize_probability
 from kidneyseg.preprocessing import preprocess
 from kidneyseg.regions import predict_kidney_regions, regions_ready
+from kidneyseg.resize import from_model_size, to_model_size
 from kidneyseg.types import Volume
 
 # A permuted, flipped file grid with uneven spacing: the canonical view is not the file's.
@@ -53,7 +55,7 @@ def _half_on_model(cfg: Config) -> torch.nn.Module:
     model = build_model(cfg.model).eval()
     head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
-        logits = model(torch.randn(4, 1, 32, 32))
+        logits = model(torch.randn(4, cfg.model.in_channels, 32, 32))
         head.bias -= logits.median()
     return model
 
@@ -213,3 +215,96 @@ def test_tta_regions_for_training_equal_predict_time_regions(
         np.testing.assert_array_equal(np.load(out / f"{case_id}.npy").astype(bool), kidney)
         changed += int((kidney != plain.segment_canonical(ct, spacing)[0]).sum())
     assert changed > 0  # a random network is not mirror symmetric: TTA did run
+
+
+def _context_checkpoint(path: Path, phase: str, k: int) -> Path:
+    """A random ``k``-channel model of ``phase`` (about half of the pixels on)."""
+    cfg = resolve_config("paper", overrides=[*TINY, f"data.context_slices={k}"])
+    torch.manual_seed(k)
+    window = (0.0, 200.0) if phase == "kidney" else None
+    norm = NormalizationRecord(phase, window, 80, 60)
+    save_checkpoint(path, _half_on_model(cfg), cfg, phase, norm)
+    return path
+
+
+def _by_hand(
+    runner: PhaseRunner,
+    ct: np.ndarray,
+    zs: np.ndarray,
+    steps: tuple[int, ...],
+    region: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks and probabilities with the neighbours picked by hand (whole-slice steps, clamped):
+    ``normalize``, resize, network, resize back, as `PhaseRunner.segment` did for one slice."""
+    rows = np.clip(zs[:, None] + np.array(steps)[None], 0, len(ct) - 1)
+    hu = ct[rows]  # (n, k, y, x)
+    mask = None if region is None else region[rows]
+    batch = to_model_size(torch.from_numpy(normalize(hu, runner.normalization, mask)), 32)
+    with torch.inference_mode():
+        logits = runner.model(batch.contiguous(memory_format=torch.channels_last)).float()
+    logits = from_model_size(logits, ct.shape[1:])[:, 0]
+    return (logits > 0).numpy(), quantize_probability(logits)
+
+
+def test_one_context_slice_segments_as_the_single_slice_runner(
+    prepared: tuple[Path, Path, Path],
+) -> None:
+    """k = 1 (the default) gives bit-identical masks and probabilities to the single-slice code
+    (each slice alone, normalised, resized, unsqueezed to one channel)."""
+    _, _, run = prepared
+    rng = np.random.default_rng(4)
+    ct = rng.normal(60, 80, (7, 20, 24)).astype(np.int16)
+    region = rng.random(ct.shape) > 0.4
+    zs = np.array([0, 2, 3, 6])
+    for phase in ("kidney", "tumor"):
+        runner = PhaseRunner.load(rd.best_checkpoint(run, phase), phase, "cpu", "fp32", 8)
+        assert runner.config.data.context_slices == 1
+        mask = region if phase == "tumor" else None
+        probabilities = np.empty((len(zs), *ct.shape[1:]), np.uint8)
+        masks = runner.segment(ct, zs, mask, probabilities=probabilities)
+        x = normalize(ct[zs], runner.normalization, None if mask is None else mask[zs])
+        batch = to_model_size(torch.from_numpy(x).unsqueeze(1), 32)
+        with torch.inference_mode():
+            logits = runner.model(batch.contiguous(memory_format=torch.channels_last)).float()
+        logits = from_model_size(logits, ct.shape[1:])[:, 0]
+        np.testing.assert_array_equal(masks, (logits > 0).numpy())
+        np.testing.assert_array_equal(probabilities, quantize_probability(logits))
+
+
+def test_three_slice_checkpoints_load_and_segment_with_their_neighbours(tmp_path: Path) -> None:
+    paths = {phase: tmp_path / f"{phase}.safetensors" for phase in ("kidney", "tumor")}
+    kidney = PhaseRunner.load(_context_checkpoint(paths["kidney"], "kidney", 3), "kidney")
+    tumor = PhaseRunner.load(_context_checkpoint(paths["tumor"], "tumor", 3), "tumor")
+    for runner in (kidney, tumor):
+        runner.configure(runner.device, "fp32", 16, 0.5)
+        assert runner.config.model.in_channels == runner.config.data.context_slices == 3
+    rng = np.random.default_rng(2)
+    ct = rng.normal(60, 80, (9, 20, 24)).astype(np.int16)
+    region = np.zeros(ct.shape, bool)
+    region[2:7, 4:15, 5:20] = True
+    region[3, 4:8] = False  # neighbouring regions differ: each channel has its own
+    zs = np.arange(9)
+    # 3 mm on a 1.5 mm grid: the neighbours are the slices two below and two above.
+    for runner, mask in ((kidney, None), (tumor, region)):
+        probabilities = np.empty(ct.shape, np.uint8)
+        masks = runner.segment(ct, zs, mask, probabilities=probabilities, spacing_z=1.5)
+        expected, expected_p = _by_hand(runner, ct, zs, (-2, 0, 2), mask)
+        assert 0 < masks.sum() < masks.size
+        np.testing.assert_array_equal(masks, expected)
+        np.testing.assert_array_equal(probabilities, expected_p)
+        # Another spacing shows the network other neighbours: 3 mm on 3 mm is one slice.
+        other = runner.segment(ct, zs, mask, spacing_z=3.0)
+        np.testing.assert_array_equal(other, _by_hand(runner, ct, zs, (-1, 0, 1), mask)[0])
+    with pytest.raises(KidneysegError, match="spacing_z"):
+        kidney.segment(ct, zs)
+
+
+def test_inconsistent_channel_checkpoint_is_refused(tmp_path: Path) -> None:
+    good = resolve_config("paper", overrides=[*TINY, "data.context_slices=3"])
+    # A header edited to claim one slice while the network takes three.
+    bad = dataclasses.replace(good, data=dataclasses.replace(good.data, context_slices=1))
+    path = tmp_path / "bad.safetensors"
+    norm = NormalizationRecord("kidney", (0.0, 200.0), 80, 60)
+    save_checkpoint(path, build_model(good.model), bad, "kidney", norm)
+    with pytest.raises(KidneysegError, match=r"model.in_channels \(3\) must equal"):
+        PhaseRunner.load(path, "kidney")

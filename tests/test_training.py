@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_phantom
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.run_dir import METRICS_COLUMNS
 from kidneyseg.hardware import resolve_hardware
+from kidneyseg.inference import Predictor
 from kidneyseg.models import load_checkpoint, read_checkpoint_meta
 from kidneyseg.training import train_phase
 from test_dataset import write_prep_dir
@@ -384,3 +386,32 @@ def test_resume_refuses_another_checkpoint_metric(
     shutil.copytree(kidney_run, run)
     with pytest.raises(KidneysegError, match="checkpoint_metric=loss"):
         train_phase(prep_dir, run, "kidney", cfg, resume=True, progress=False)
+
+
+def test_three_context_slices_train_and_predict_end_to_end(prep_dir: Path, tmp_path: Path) -> None:
+    """2.5D: tiny k = 3 models of both phases train a few steps (neighbours 4 mm apart on the
+    3 mm prep grid: interpolated), and the cascade runs them on the conftest phantom (2.5 mm
+    slices along its third file axis, flipped in-plane)."""
+    cfg = tiny("train.epochs=1", "data.context_slices=3", "data.context_mm=4.0")
+    run = tmp_path / "run"
+    for phase in ("kidney", "tumor"):
+        train_phase(prep_dir, run, phase, cfg, progress=False)
+        meta = read_checkpoint_meta(run / phase / "best.safetensors")
+        assert meta.config.data.context_slices == meta.config.model.in_channels == 3
+        assert meta.config.data.context_mm == 4.0
+        model, _ = load_checkpoint(run / phase / "best.safetensors")
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+        assert np.isfinite([float(r["train_loss"]) for r in rows(run, phase)]).all()
+    image = make_phantom().image
+    for mode in ("naive", "fast"):
+        overrides = ["inference.precision=fp32", f"inference.mode={mode}"]
+        predictor = Predictor(run, device="cpu", batch_size=4, progress=False, overrides=overrides)
+        labels = predictor.predict_volume(image)
+        assert labels.same_geometry(image) and set(np.unique(labels.array)) <= {0, 1, 2}
+    ct, spacing = image.to_canonical(), image.canonical_spacing
+    assert spacing[0] == 2.5
+    runner = predictor.phases["kidney"]
+    kidney = runner.segment(ct, np.arange(len(ct)), spacing_z=spacing[0])
+    assert kidney.shape == ct.shape
+    with pytest.raises(KidneysegError, match="spacing_z"):
+        runner.segment(ct, np.arange(len(ct)))

@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kidneyseg.config_files import load_config_file
 from kidneyseg.errors import KidneysegError
 from kidneyseg.utils import atomic_write_text
 
@@ -60,6 +60,13 @@ class DataConfig:
     #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
     #: inference alike; 0 = the paper's tight region. See normalization.expand_region.
     region_margin_mm: float = 0.0
+    #: 2.5D input (not in the paper): this many axial slices as channels, odd; 1 = the paper's
+    #: single slice, 3 fills the ImageNet encoder's RGB stem. ``model.in_channels`` follows.
+    context_slices: int = 1
+    #: Distance (mm) between neighbouring channels, interpolated (`kidneyseg.context`). 3 mm sits
+    #: inside KiTS's 0.5-5 mm slices: a 5 mm scan blends its next slice in, a 0.5 mm scan looks
+    #: 6 slices away; k = 3 spans 6 mm, within a 1 cm tumor, far below a kidney's ~11 cm.
+    context_mm: float = 3.0
     #: Augmentation (paper §4.1): rotation, flip, random crop, Gaussian noise.
     augment: bool = True
     rotation_degrees: float = 15.0
@@ -87,6 +94,7 @@ class ModelConfig:
     architecture: str = "unet_resnet34"
     #: "imagenet" (paper §3), "none", or a path to a local encoder state dict.
     encoder_weights: str = "imagenet"
+    #: Input channels: set to ``data.context_slices`` whenever that is set (must equal it).
     in_channels: int = 1
     classes: int = 1
     #: Width of the first level of `unet_plain` (doubles at each of its 5 levels).
@@ -280,6 +288,12 @@ def _apply(cfg: Config, updates: dict[str, Any], source: str) -> Config:
                 )
             changes[key] = _coerce(value, hints[key], f"{section}.{key} ({source})")
         new_sections[section] = dataclasses.replace(current, **changes)
+    data, model = updates.get("data", {}), updates.get("model", {})
+    if "context_slices" in data and "in_channels" not in model:  # the input follows the context
+        k = new_sections["data"].context_slices
+        new_sections["model"] = dataclasses.replace(
+            new_sections.get("model", cfg.model), in_channels=k
+        )
     return dataclasses.replace(cfg, **new_sections)
 
 
@@ -293,42 +307,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             raise KidneysegError(f"--set {item!r}: use section.key=value, e.g. train.lr=1e-4")
         out.setdefault(section, {})[name] = value.strip()
     return out
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON, YAML or TOML config file into nested dicts."""
-    p = Path(path)
-    if not p.is_file():
-        raise KidneysegError("config file not found", path=p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise KidneysegError(
-            "config file is not text (binary data); give a .json, .yaml or .toml file", path=p
-        ) from None
-    except OSError as exc:
-        raise KidneysegError(f"cannot read config file: {exc.strerror}", path=p) from exc
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        elif p.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            raise KidneysegError("config file must be .json, .yaml/.yml or .toml", path=p)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise KidneysegError(f"cannot parse config: {exc}", path=p) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("yaml"):
-            raise KidneysegError(f"cannot parse config: {exc}", path=p) from exc
-        raise
-    data = data or {}
-    if not isinstance(data, dict):
-        raise KidneysegError("config file must hold a mapping of sections", path=p)
-    return data
 
 
 def validate(cfg: Config) -> Config:
@@ -374,6 +352,14 @@ def validate(cfg: Config) -> Config:
     need(
         d.tumor_region in ("ground_truth", "predicted"),
         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})",
+    )
+    k = d.context_slices
+    need(k >= 1 and k % 2 == 1, f"data.context_slices must be odd and >= 1 (got {k}), e.g. 3")
+    need(d.context_mm > 0, f"data.context_mm must be > 0 (got {d.context_mm}); e.g. 3.0")
+    need(
+        m.in_channels == k,
+        f"model.in_channels ({m.in_channels}) must equal data.context_slices ({k}); leave "
+        "model.in_channels unset, it follows data.context_slices",
     )
     need(d.noise_std >= 0 and 0 <= d.flip_probability <= 1, "data.noise_std >= 0, flip in [0, 1]")
     need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale must be 0 < lo <= hi <= 1")

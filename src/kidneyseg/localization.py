@@ -230,14 +230,16 @@ def segment_kidneys(
     # A short volume (a few slices, or thick ones) gains nothing from a coarse pass.
     if settings.mode == "naive" or ct.shape[0] < 3 * step:
         everything = np.arange(ct.shape[0])
-        return runner.segment(ct, everything, progress=progress, probabilities=probabilities)
+        return runner.segment(
+            ct, everything, progress=progress, probabilities=probabilities, spacing_z=spacing[0]
+        )
     if probabilities is not None:
         probabilities[...] = 0
     shape = ct.shape
     kidney = np.zeros(shape, bool)
     coarse = np.arange(min(step // 2, shape[0] - 1), shape[0], step)
     body = body_box(ct, coarse)
-    hits = runner.segment(ct, coarse, progress=progress, box=body)
+    hits = runner.segment(ct, coarse, progress=progress, box=body, spacing_z=spacing[0])
     dz, dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing)
     limits = Box(0, shape[0], *body)
     boxes = kidney_boxes(hits, coarse, step, body, shape[0], (dz, dy, dx))
@@ -249,7 +251,9 @@ def segment_kidneys(
             zs = np.arange(box.z0, box.z1)
             buf = None if probabilities is None else np.empty((len(zs), *shape[1:]), np.uint8)
             plane = box.plane if in_plane_crop(settings) else None
-            part = runner.segment(ct, zs, progress=progress, box=plane, probabilities=buf)
+            part = runner.segment(
+                ct, zs, progress=progress, box=plane, probabilities=buf, spacing_z=spacing[0]
+            )
             if not _touches(part[:, box.y0 : box.y1, box.x0 : box.x1], box, limits):
                 break
             box = _grow(box, limits, dz, dy, dx)
@@ -279,7 +283,9 @@ def segment_tumors(
 
     def run(zs: npt.NDArray[np.intp], box: tuple[int, int, int, int] | None) -> None:
         buf = None if probabilities is None else np.empty((len(zs), *ct.shape[1:]), np.uint8)
-        tumor[zs] |= runner.segment(ct, zs, region, progress=progress, box=box, probabilities=buf)
+        tumor[zs] |= runner.segment(
+            ct, zs, region, progress=progress, box=box, probabilities=buf, spacing_z=spacing[0]
+        )
         if probabilities is not None and buf is not None:
             probabilities[zs] = np.maximum(probabilities[zs], buf)
 

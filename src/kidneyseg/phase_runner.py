@@ -4,8 +4,9 @@ The single place that turns a checkpoint into masks: `kidneyseg.inference.Predic
 for both phases, and `kidneyseg.regions` uses it to make the phase-1 regions that phase-2
 training sees with ``data.tumor_region=predicted``, so both sides segment exactly alike:
 
-1. HU of the canonical slices normalised with the checkpoint's `NormalizationRecord` (phase 2:
-   CT x kidney region);
+1. HU of the canonical slices (with ``data.context_slices > 1``, each with its neighbours at
+   ``data.context_mm`` steps, `kidneyseg.context.context_stack`, as training drew them)
+   normalised with the checkpoint's `NormalizationRecord` (phase 2: CT x kidney region);
 2. resized to the checkpoint's ``data.image_size`` (`kidneyseg.resize`), batched, channels_last
    (not on MPS), autocast at the resolved precision (`kidneyseg.hardware`);
 3. logits resized back to the slice and thresholded: ``logit > log(t / (1 - t))``, the same as
@@ -36,6 +37,7 @@ import numpy.typing as npt
 import torch
 
 from kidneyseg.config import Config
+from kidneyseg.context import context_stack
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import PROBABILITY_SCALE
 from kidneyseg.hardware import autocast, resolve_precision
@@ -106,10 +108,12 @@ class PhaseRunner:
         threshold: float = 0.5,
         tta: bool = False,
     ) -> PhaseRunner:
-        """Load a checkpoint and check it is a 1-channel, 1-logit model of ``phase``.
+        """Load a checkpoint and check it is a 1-logit model of ``phase`` whose input channels
+        are its ``data.context_slices`` (1 = the paper's single slice).
 
         Raises:
-            KidneysegError: missing, corrupt or foreign checkpoint, or one of another phase.
+            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase, or
+                input channels that do not match its context slices.
         """
         model, meta = load_checkpoint(path, device="cpu")
         if meta.phase != phase:
@@ -118,8 +122,15 @@ class PhaseRunner:
             )
         if meta.normalization.phase != phase:
             raise KidneysegError(f"checkpoint has no valid {phase} normalisation record", path=path)
-        if meta.config.model.in_channels != 1 or meta.config.model.classes != 1:
-            raise KidneysegError("checkpoint is not a 1-channel, 1-logit model", path=path)
+        model_cfg, data_cfg = meta.config.model, meta.config.data
+        if model_cfg.in_channels != data_cfg.context_slices:
+            raise KidneysegError(
+                f"checkpoint has {model_cfg.in_channels} input channels but "
+                f"data.context_slices={data_cfg.context_slices}",
+                path=path,
+            )
+        if model_cfg.classes != 1:
+            raise KidneysegError("checkpoint is not a 1-logit model", path=path)
         return cls(model, meta, device, precision, batch_size, threshold, tta)
 
     # ---------------------------------------------------------------- properties
@@ -209,6 +220,7 @@ class PhaseRunner:
         progress: Callable[[int], object] | None = None,
         box: tuple[int, int, int, int] | None = None,
         probabilities: npt.NDArray[np.uint8] | None = None,
+        spacing_z: float | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
 
@@ -225,9 +237,14 @@ class PhaseRunner:
             probabilities: uint8 ``(len(slices), y, x)`` to fill with the sigmoid
                 (`quantize_probability`; 0 outside ``box``). None (the default) skips the
                 sigmoid entirely.
+            spacing_z: the canonical z spacing (mm) of ``ct``; needed by a 2.5D model
+                (``data.context_slices > 1``), whose neighbours lie ``data.context_mm`` apart.
 
         Returns:
             bool ``(len(slices), y, x)``.
+
+        Raises:
+            KidneysegError: bad ``probabilities``, or a 2.5D model without ``spacing_z``.
         """
         height, width = ct.shape[1:]
         out = np.zeros((len(slices), height, width), dtype=bool)
@@ -240,23 +257,31 @@ class PhaseRunner:
             probabilities[...] = 0
         if len(slices) == 0:
             return out
+        data = self.config.data
+        if data.context_slices > 1 and spacing_z is None:
+            raise KidneysegError(
+                f"this {self.phase} model reads {data.context_slices} slices "
+                f"{data.context_mm} mm apart: segment() needs the z spacing (spacing_z)"
+            )
         size = self.image_size
         native = (height, width) == (size, size)
         crop = None if box is None else self.model_box(box, (height, width))
         cuda = self.device.type == "cuda"
-        contiguous = bool(np.all(np.diff(slices) == 1))
         with torch.inference_mode():
             for start in range(0, len(slices), self.batch_size):
                 idx = slices[start : start + self.batch_size]
-                # A plain slice of the canonical view avoids fancy-indexing copies.
-                sel: Any = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
-                hu, mask = ct[sel], None if region is None else region[sel]
-                if crop is not None and native:  # model pixels are slice pixels: cut first
-                    y0, y1, x0, x1 = crop
-                    hu = hu[:, y0:y1, x0:x1]
-                    mask = None if mask is None else mask[:, y0:y1, x0:x1]
-                x = normalize(np.asarray(hu), self.normalization, mask)
-                batch = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
+                # Native size: model pixels are slice pixels, so cut the crop when reading.
+                hu, mask = context_stack(
+                    ct,
+                    idx,
+                    1.0 if spacing_z is None else spacing_z,  # 2.5D models only (checked)
+                    data.context_slices,
+                    data.context_mm,
+                    region,
+                    box=crop if native else None,
+                )
+                x = normalize(hu, self.normalization, mask)
+                batch = torch.from_numpy(np.ascontiguousarray(x))
                 batch = batch.to(self.device, non_blocking=cuda)
                 if not native:
                     batch = to_model_size(batch, size)
