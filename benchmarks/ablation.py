@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="extra overrides, all rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 cases, tiny budget")
+    parser.add_argument("--fresh", action="store_true", help="rerun rows already in OUT")
     args = parser.parse_args()
     if args.quick:
         args.cases, args.epochs, args.samples = 12, 1, 32
@@ -221,13 +222,24 @@ def main() -> None:
         combined = [n.strip() for n in args.combine.split(",") if n.strip()]
         ROWS["combined"] = (" + ".join(combined), [s for n in combined for s in ROWS[n][1]])
         plan.append(("combined", ROWS["combined"][1]))
+    # Rows and models of an earlier call with the same folder are kept (add rows later).
+    registry = out / "trained.json"
     trained: dict[str, tuple[Path, float]] = {}
-    results = []
+    if registry.is_file():
+        trained = {k: (Path(p), s) for k, (p, s) in json.loads(registry.read_text()).items()}
+    done = {}
+    if (out / "ablation.json").is_file() and not args.fresh:
+        done = {r["row"]: r for r in json.loads((out / "ablation.json").read_text())}
+    results = [done[n] for n in done if n not in dict(plan)]
     for name, extra in plan:
+        if name in done:
+            results.append(done[name])
+            continue
         cfg = row_config(base, extra, planes_share=True)
         _say(f"row {name}: {' '.join(extra) or '(baseline)'}")
         results.append(run_row(name, cfg, base + extra, prep, data, out, trained))
         (out / "ablation.json").write_text(json.dumps(results, indent=1))
+        registry.write_text(json.dumps({k: [str(p), s] for k, (p, s) in trained.items()}))
     print(table(results))
     print(
         json.dumps(
