@@ -162,6 +162,9 @@ class InferenceConfig:
     fast_crop: str = "axial"
     #: Flip test-time augmentation: mean probability of each slice and its left-right mirror.
     tta: bool = False
+    #: "torch", "onnx" (ONNX Runtime, CPU fp32; exports on first use) or "auto": ONNX when it
+    #: can run here and the model is already exported (`kidneyseg.onnx_backend`; README "Speed").
+    backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,8 @@ def validate(cfg: Config) -> Config:
         cfg.inference.fast_crop in ("axial", "box"),
         f"inference.fast_crop must be axial or box (got {cfg.inference.fast_crop!r})",
     )
+    b = cfg.inference.backend
+    need(b in ("auto", "torch", "onnx"), f"inference.backend must be auto, torch or onnx ({b!r})")
     need(cfg.inference.coarse_step_mm > 0, "inference.coarse_step_mm must be > 0")
     need(cfg.inference.crop_margin_mm >= 0, "inference.crop_margin_mm must be >= 0")
     need(

@@ -62,6 +62,7 @@ from kidneyseg.inputs import (
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
 from kidneyseg.localization import segment_cascade
 from kidneyseg.model_package import open_model
+from kidneyseg.onnx_backend import use_backend
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.postprocessing import postprocess
 from kidneyseg.stats import label_statistics
@@ -141,7 +142,7 @@ class Predictor:
 
     Attributes:
         config: the kidney checkpoint's config with the prediction-time settings applied.
-        provenance: model id (hash of both checkpoints), package version, device, precision.
+        provenance: model id (hash of both checkpoints), version, device, precision, backend.
 
     Raises:
         KidneysegError: a phase missing from ``model_dir``, a corrupt or incompatible
@@ -191,6 +192,8 @@ class Predictor:
         )
         if self.device.type == "cpu":
             use_all_cores()
+        self.backend = use_backend(self.phases, inference, self.model_dir)  # after the threads
+        self.provenance.update(backend=self.backend, precision=kidney.precision)
 
     # ---------------------------------------------------------------- one volume
 
