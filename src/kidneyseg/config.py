@@ -47,6 +47,8 @@ class DataConfig:
     kidney_window: tuple[float, float] = (0.0, 200.0)
     #: Phase-2 HU window; ``None`` = unclipped HU inside the kidney region (paper §4.1).
     tumor_window: tuple[float, float] | None = None
+    #: After clipping: "zscore" (training-split statistics) or "window" (window onto [0, 1]).
+    normalization: str = "zscore"
     #: In-plane size the slices are resized to (paper: native 512x512).
     image_size: int = 512
     #: Fraction of slices drawn from slices that contain the phase's target (the rest uniform).
@@ -345,6 +347,11 @@ def validate(cfg: Config) -> Config:
     need(
         d.tumor_window is None or d.tumor_window[0] < d.tumor_window[1],
         "data.tumor_window must be none or (low, high) with low < high",
+    )
+    need(
+        d.normalization == "zscore" or (d.normalization == "window" and bool(d.tumor_window)),
+        f"data.normalization must be zscore or window (got {d.normalization!r}); window "
+        "needs data.tumor_window too (phase 2 is unclipped by default), e.g. 0,400",
     )
     need(0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction must be in [0, 1]")
     need(
