@@ -1,4 +1,5 @@
-"""What ``kidneyseg predict`` reads and writes: input discovery, output checks and sharding.
+"""What ``kidneyseg predict`` reads and writes: input discovery, output checks and sharding,
+and the `PredictReport` of a run.
 
 `plan_prediction` turns ``INPUT OUTPUT [--shard K/N] [--split/--subset]`` into a
 `PredictionPlan` (one `InputCase` per CT: case id, source, target) and checks that every output
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kidneyseg.data.kits import IMAGE_NAME, find_cases
 from kidneyseg.errors import KidneysegError
 from kidneyseg.filetypes import IMAGE_SUFFIXES, WRITE_SUFFIXES, case_id_from_path, is_image_file
-from kidneyseg.formats.pred_dir import output_path
+from kidneyseg.formats.pred_dir import output_path, stats_document
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -212,3 +214,40 @@ def plan_prediction(
         k, n = parsed
         planned = [c for i, c in enumerate(planned) if i % n == k - 1]
     return PredictionPlan(planned, collection, out)
+
+
+@dataclass
+class PredictReport:
+    """What a `kidneyseg.inference.Predictor.predict_paths` run did.
+
+    Attributes:
+        written: label files written in this run.
+        skipped: label files that already existed (folder mode resumes).
+        failed: ``(case_id, message)`` of each case that could not be predicted.
+        stats: ``case_id -> kidneyseg.stats.label_statistics`` of every written or skipped case.
+        provenance: the model that predicted (`kidneyseg.formats.pred_dir.provenance`).
+        seconds: wall time of the run.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line: counts of predicted, skipped and failed cases, and the time taken."""
+        per_case = f" ({self.seconds / len(self.written):.1f} s per case)" if self.written else ""
+        return (
+            f"{len(self.written)} predicted, {len(self.skipped)} skipped (already done), "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s{per_case}"
+        )
+
+    def stats_json(self) -> dict[str, Any]:
+        """The ``--stats`` file's content (`kidneyseg.formats.pred_dir.stats_document`)."""
+        return stats_document(self.stats, dict(self.failed), self.provenance)

@@ -12,6 +12,8 @@ training sees with ``data.tumor_region=predicted``, so both sides segment exactl
    ``sigmoid > t`` without a sigmoid over every pixel. Only when asked (``probabilities=``, for
    ``predict --save-probabilities``) is the sigmoid taken too, stored as uint8
    ``round(p x 255)`` (`PROBABILITY_SCALE`); the masks are the same either way.
+   A model with several outputs (phase 2 predicting tumor and cyst) is thresholded on its
+   most probable output, which also names the pixel's class (`classify_logits`).
 
 Example:
     >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
@@ -64,6 +66,34 @@ def logit_threshold(threshold: float) -> float:
     return math.log(threshold / (1.0 - threshold))
 
 
+def classify_logits(
+    logits: torch.Tensor, threshold_logit: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks and classes of ``(N, C, H, W)`` logits, one channel per output.
+
+    A pixel is foreground where its most probable output has probability > t, i.e. its highest
+    logit > ``threshold_logit`` (`logit_threshold`; the sigmoid is monotonic), and its class is
+    that output's index, the first one on ties. For phase 2 with tumor and cyst: a mass where
+    max(p_tumor, p_cyst) > t, a tumor where p_tumor >= p_cyst, else a cyst. One output: the
+    mask is ``logit > threshold_logit``, the class 0.
+
+    Returns:
+        bool ``(N, H, W)`` masks and uint8 ``(N, H, W)`` output indices.
+
+    Example:
+        >>> mask, best = classify_logits(torch.tensor([[[[2.0, -1, 1]], [[2.0, -3, 3]]]]), 0.0)
+        >>> mask.tolist(), best.tolist()
+        ([[[True, False, True]]], [[[0, 0, 1]]])
+    """
+    best_logit = logits[:, 0]
+    best = torch.zeros(best_logit.shape, dtype=torch.uint8, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best_logit  # strictly: the first output wins ties
+        best[better] = c
+        best_logit = torch.maximum(best_logit, logits[:, c])
+    return best_logit > threshold_logit, best
+
+
 class PhaseRunner:
     """A phase's network with its checkpoint metadata, ready to segment canonical slices.
 
@@ -99,10 +129,12 @@ class PhaseRunner:
         batch_size: int = 16,
         threshold: float = 0.5,
     ) -> PhaseRunner:
-        """Load a checkpoint and check it is a 1-channel, 1-logit model of ``phase``.
+        """Load a checkpoint and check it is a 1-channel model of ``phase`` with one logit per
+        output the phase names (`CheckpointMeta.outputs`: 1, or 2 for tumor and cyst).
 
         Raises:
-            KidneysegError: missing, corrupt or foreign checkpoint, or one of another phase.
+            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase, or
+                one whose network's outputs differ from those its config names.
         """
         model, meta = load_checkpoint(path, device="cpu")
         if meta.phase != phase:
@@ -111,8 +143,15 @@ class PhaseRunner:
             )
         if meta.normalization.phase != phase:
             raise KidneysegError(f"checkpoint has no valid {phase} normalisation record", path=path)
-        if meta.config.model.in_channels != 1 or meta.config.model.classes != 1:
-            raise KidneysegError("checkpoint is not a 1-channel, 1-logit model", path=path)
+        if meta.config.model.in_channels != 1:
+            raise KidneysegError("checkpoint is not a 1-channel model", path=path)
+        if meta.config.model.classes != len(meta.outputs):
+            raise KidneysegError(
+                f"checkpoint's network has {meta.config.model.classes} outputs but its "
+                f"{phase} phase predicts {len(meta.outputs)} ({', '.join(meta.outputs)}; "
+                f"data.tumor_classes={meta.config.data.tumor_classes!r})",
+                path=path,
+            )
         return cls(model, meta, device, precision, batch_size, threshold)
 
     # ---------------------------------------------------------------- properties
@@ -120,6 +159,11 @@ class PhaseRunner:
     @property
     def phase(self) -> str:
         return self.meta.phase
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The network's outputs by name, one per channel (``("tumor", "cyst")``...)."""
+        return self.meta.outputs
 
     @property
     def config(self) -> Config:
@@ -174,6 +218,7 @@ class PhaseRunner:
         progress: Callable[[int], object] | None = None,
         box: tuple[int, int, int, int] | None = None,
         probabilities: npt.NDArray[np.uint8] | None = None,
+        best_output: npt.NDArray[np.uint8] | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
 
@@ -187,22 +232,32 @@ class PhaseRunner:
                 slice (grown to its 32-pixel grid, `model_box`); outside it the mask is False.
                 The network is fully convolutional, so a crop with a margin gives the whole
                 slice's answer inside it; ``None`` = the whole slice.
-            probabilities: uint8 ``(len(slices), y, x)`` to fill with the sigmoid
+            probabilities: uint8 ``(len(outputs), len(slices), y, x)`` (or, for a one-output
+                model, ``(len(slices), y, x)``) to fill with each output's sigmoid
                 (`quantize_probability`; 0 outside ``box``). None (the default) skips the
                 sigmoid entirely.
+            best_output: uint8 ``(len(slices), y, x)`` to fill with each pixel's most
+                probable output (index into `outputs`, `classify_logits`; 0 outside ``box``).
 
         Returns:
-            bool ``(len(slices), y, x)``.
+            bool ``(len(slices), y, x)``: where the most probable output is above the threshold.
         """
         height, width = ct.shape[1:]
         out = np.zeros((len(slices), height, width), dtype=bool)
+        probs = None
         if probabilities is not None:
-            if probabilities.shape != out.shape or probabilities.dtype != np.uint8:
+            probs = probabilities[None] if probabilities.ndim == 3 else probabilities
+            want = (len(self.outputs), *out.shape)
+            if probs.shape != want or probabilities.dtype != np.uint8:
                 raise KidneysegError(
-                    f"probabilities must be uint8 {out.shape} (got {probabilities.dtype} "
+                    f"probabilities must be uint8 {want} (got {probabilities.dtype} "
                     f"{probabilities.shape})"
                 )
-            probabilities[...] = 0
+            probs[...] = 0
+        if best_output is not None:
+            if best_output.shape != out.shape or best_output.dtype != np.uint8:
+                raise KidneysegError(f"best_output must be uint8 {out.shape}")
+            best_output[...] = 0
         if len(slices) == 0:
             return out
         size = self.image_size
@@ -231,22 +286,22 @@ class PhaseRunner:
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, self.precision):
                     logits = self.model(batch).float()
-                rows = slice(start, start + len(idx))
+                where: tuple[slice, ...] = (slice(start, start + len(idx)),)
                 if crop is not None and native:
                     y0, y1, x0, x1 = crop
-                    masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                    out[rows, y0:y1, x0:x1] = masks
-                    if probabilities is not None:
-                        probabilities[rows, y0:y1, x0:x1] = quantize_probability(logits[:, 0])
+                    where = (*where, slice(y0, y1), slice(x0, x1))
                 else:
                     if crop is not None:  # back on the whole model-size slice, then resize
-                        canvas = logits.new_full((len(idx), 1, size, size), -1e4)
+                        canvas = logits.new_full((*logits.shape[:2], size, size), -1e4)
                         canvas[..., crop[0] : crop[1], crop[2] : crop[3]] = logits
                         logits = canvas
                     logits = from_model_size(logits, (height, width))
-                    out[rows] = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                    if probabilities is not None:
-                        probabilities[rows] = quantize_probability(logits[:, 0])
+                masks, best = classify_logits(logits, self._logit_threshold)
+                out[where] = masks.cpu().numpy()
+                if best_output is not None:
+                    best_output[where] = best.cpu().numpy()
+                if probs is not None:  # (outputs, slices, y, x)
+                    probs[(slice(None), *where)] = quantize_probability(logits).swapaxes(0, 1)
                 if progress is not None:
                     progress(len(idx))
         return out

@@ -64,6 +64,7 @@ from kidneyseg.report_tables import (
     TABLE1_COLUMNS,
     choose_cases,
     format_score,
+    kits_class_cells,
     summary_rows,
     table1_cells,
     table1_csv_text,
@@ -383,6 +384,7 @@ def make_report(
     title = "kidneyseg report"
     rows = summary_rows(summary, per_case)
     header, body = table1_cells(rows)
+    kits_header, kits_body = kits_class_cells(summary, per_case)
     blocks = [
         _Block(
             "p",
@@ -408,6 +410,14 @@ def make_report(
             "The 'paper (reported)' rows are the per-case Dice published in the paper "
             "(kidney 0.961, tumor 0.811) on its own test split, shown for reference; "
             "they were not computed here.",
+        ),
+        _Block("h2", "KiTS classes"),
+        _Block("table", header=tuple(kits_header), rows=tuple(map(tuple, kits_body))),
+        _Block(
+            "p",
+            "The KiTS21/23 leaderboard classes: masses = tumor + cyst. A model trained on tumor "
+            "alone (the paper) predicts no cyst, so reference cysts count as missed masses; "
+            "train with --preset kits to predict cysts (label 3).",
         ),
     ]
     with atomic_dir(out) as tmp:

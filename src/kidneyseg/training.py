@@ -56,7 +56,7 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.formats import run_dir as rd
 from kidneyseg.loaders import TrainingData, env_rank, prepare_training
 from kidneyseg.losses import build_loss
-from kidneyseg.models import build_model
+from kidneyseg.models import build_model, phase_config
 from kidneyseg.run_recorder import RunRecorder, check_resume_state
 from kidneyseg.utils import package_version
 
@@ -219,7 +219,8 @@ def train_phase(
         prep_dir: preprocessed folder (``kidneyseg preprocess``).
         run_dir: model folder; this phase writes into ``run_dir/<phase>``.
         phase: ``"kidney"`` or ``"tumor"``.
-        cfg: resolved config (default: the paper's settings).
+        cfg: resolved config (default: the paper's settings); ``model.classes`` is set to the
+            phase's outputs (`kidneyseg.models.phase_config`).
         resume: continue from ``run_dir/<phase>/last.ckpt`` (e.g. after a crash, or with more
             ``train.epochs``).
         kidney_model: phase-1 weights for ``data.tumor_region = "predicted"`` (default
@@ -237,7 +238,8 @@ def train_phase(
         >>> train_phase("prep", "run", "tumor", resolve_config("fast")).best_epoch  # doctest: +SKIP
         6
     """
-    cfg = validate(cfg or Config())
+    # model.classes = the phase's outputs (tumor and cyst: 2), recorded in config and checkpoints.
+    cfg = phase_config(validate(cfg or Config()), phase)
     out = rd.phase_dir(run_dir, phase)
     last_ckpt = out / rd.RESUME_FILE
     trained = (out / rd.BEST_FILE).is_file()

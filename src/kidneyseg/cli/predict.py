@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "file (.nii.gz/.nii/.nrrd/.mha) for one CT, otherwise a folder that receives "
             "<case_id>.nii.gz per case; cases already there are skipped (one CT's existing "
             "output file is refused without --overwrite). Labels: 0 background, "
-            "1 kidney, 2 tumor, in the input's exact geometry. Exit status 1 when some cases "
+            "1 kidney, 2 tumor (3 cyst from a model trained with --preset kits), in the input's "
+            "exact geometry. Exit status 1 when some cases "
             "of a folder failed, 2 on an error."
         ),
     )
@@ -79,8 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save-probabilities",
         action="store_true",
-        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz beside each "
-        "output: uint8, probability x 255, in the input's geometry",
+        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz (and "
+        "<name>_cyst_prob.nii.gz from a model that predicts cysts) beside each output: uint8, "
+        "probability x 255, in the input's geometry",
     )
     add_split_options(parser, "predict")
     parser.add_argument(
