@@ -25,6 +25,9 @@ def test_defaults_are_the_paper_settings() -> None:
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr) == (128, 100, 1e-3)
     assert cfg.data.kidney_window == (0.0, 200.0) and cfg.data.image_size == 512
     assert cfg.model.architecture == "unet_resnet34"
+    # Issue 12's switches are off: best by val loss, no TTA, no component filter.
+    assert cfg.train.checkpoint_metric == "loss" and cfg.inference.tta is False
+    assert cfg.postprocess.kidney_components == 0
 
 
 def test_fast_preset_applies_its_values() -> None:
@@ -66,6 +69,10 @@ def test_precedence_defaults_file_set(tmp_path: Path, suffix: str) -> None:
         ("train.loss=dice", "train.loss must be bce or bce_dice"),
         ("train.lr_schedule=step", "train.lr_schedule must be constant or cosine"),
         ("inference.precision=fp8", "inference.precision must be auto"),
+        ("train.checkpoint_metric=f1", "train.checkpoint_metric must be loss or dice"),
+        ("postprocess.kidney_components=-1", "postprocess.kidney_components must be >= 0"),
+        ("postprocess.kidney_components=1.5", "expected int"),
+        ("inference.tta=sometimes", "expected bool"),
         ("trainlr=1", "use section.key=value"),
         ("data.tumor_classes=cyst", "data.tumor_classes must be tumor"),
         ("data.tumor_classes=cyst,tumor", "data.tumor_classes must be tumor"),

@@ -41,11 +41,13 @@ from kidneyseg.config import Config, config_to_dict, resolve_config
 from kidneyseg.dicom_seg import write_dicom_seg
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import (
+    OUTPUT_FORMATS,
     header_description,
     probability_path,
     provenance,
     seg_path,
     write_stats,
+    writes_seg,
 )
 from kidneyseg.formats.run_dir import model_id, require_best_checkpoint
 from kidneyseg.hardware import resolve_device, use_all_cores
@@ -67,8 +69,6 @@ from kidneyseg.types import Volume
 
 #: Settings that may change at prediction time; the rest must match what the models learnt.
 PREDICT_SECTIONS = ("inference", "postprocess")
-#: ``--output-format``: the label file, a DICOM SEG beside it (DICOM input only), or both.
-OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 
 
 def _predict_config(
@@ -94,9 +94,9 @@ class Predictor:
         device: ``auto``/``cpu``/``cuda``/``mps``; None = the checkpoint's ``inference.device``.
         batch_size: slices per forward pass; None = the checkpoint's ``inference.batch_size``.
         progress: show a progress bar per volume (on stderr, when it is a terminal).
-        output_format: ``nifti``, ``dicom-seg`` or ``both`` (`OUTPUT_FORMATS`); None = both for
-            DICOM input, the label file otherwise. ``dicom-seg`` and ``both`` write
-            ``<name>.seg.dcm`` beside the label file's path (``dicom-seg``: that file only).
+        output_format: `OUTPUT_FORMATS`; None = ``auto``: the label file, plus for DICOM input
+            ``<name>.seg.dcm`` beside it; ``nifti``/``nrrd``/``mha``: the label file only;
+            ``dicom-seg``: the SEG only; ``both``: both (DICOM input only).
         config_file: config file whose ``inference``/``postprocess`` sections apply.
         overrides: ``section.key=value`` strings, e.g. ``["postprocess.min_component_ml=0.5"]``.
         save_probabilities: also write each output's probability map beside each label file
@@ -142,8 +142,9 @@ class Predictor:
         if self.batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {self.batch_size})")
         self.progress = progress
+        how = (inference.precision, self.batch_size, inference.threshold, inference.tta)
         for runner in (kidney, tumor):
-            runner.configure(self.device, inference.precision, self.batch_size, inference.threshold)
+            runner.configure(self.device, *how)
         self.phases = {"kidney": kidney, "tumor": tumor}
         self.predicts_cysts = "cyst" in tumor.outputs
         if output_format not in (None, *OUTPUT_FORMATS):
@@ -297,8 +298,8 @@ class Predictor:
         if case_id:
             volume = volume.with_array(volume.array, case_id=case_id)
         is_dicom = "series_uid" in volume.metadata
-        fmt = self.output_format or ("both" if is_dicom else "nifti")
-        if fmt != "nifti" and not is_dicom:
+        fmt = self.output_format or "auto"
+        if fmt in ("dicom-seg", "both") and not is_dicom:
             raise KidneysegError(
                 f"--output-format {fmt} needs a DICOM series as input (a DICOM SEG references "
                 "its source images)",
@@ -308,7 +309,7 @@ class Predictor:
         description = header_description(self.provenance)
         if fmt != "dicom-seg":
             write_volume(labels, out, description)
-        if fmt != "nifti":
+        if writes_seg(fmt, is_dicom):
             write_dicom_seg(
                 labels, path, seg_path(out), self.provenance, series, cysts=self.predicts_cysts
             )
@@ -316,16 +317,6 @@ class Predictor:
             for name, prob in probs.items():
                 write_volume(prob, probability_path(out, name), description)
         return volume, labels
-
-    def _done(self, case: InputCase) -> bool:
-        """Whether folder mode finds a case's output already there."""
-        if self.save_probabilities and not all(
-            probability_path(case.target, name).exists() for name in self.probability_outputs
-        ):
-            return False
-        if self.output_format == "dicom-seg":
-            return seg_path(case.target).exists()
-        return case.target.exists()
 
     def predict_paths(
         self,
@@ -353,7 +344,9 @@ class Predictor:
             cases: only these case ids (e.g. the test split of ``PREP_DIR/split.json``).
             series: one series of a DICOM folder holding several (UID or listing number).
         """
-        plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
+        plan = plan_prediction(
+            input_path, output, shard, cases, not skip_existing, series, self.output_format
+        )
         return self.run_plan(
             plan, skip_existing=skip_existing, stats_path=stats_path, series=series
         )
@@ -370,22 +363,26 @@ class Predictor:
             check_writable(Path(stats_path), "statistics file")
         report = PredictReport(provenance=dict(self.provenance))
         start = time.perf_counter()
+        fmt = self.output_format
+        probabilities = self.probability_outputs if self.save_probabilities else ()
         for case in plan.cases:
-            if plan.collection and skip_existing and self._done(case):
+            picked = case.series if plan.collection else case.series or series
+            args = (case.source, case.target, case.case_id, picked)
+            if plan.collection and skip_existing and case.done(fmt, probabilities):
                 report.skipped.append(case.target)
                 if stats_path is not None and case.target.exists():
                     try:  # statistics of earlier runs' outputs: no re-run needed
-                        ct = read_image(case.source)
+                        ct = read_image(case.source, case.series)
                         old = read_labels(case.target, like=ct)
                         report.stats[case.case_id] = label_statistics(old, ct)
                     except KidneysegError as exc:
                         self._report_failure(report, case, str(exc))
                 continue
             if not plan.collection:
-                ct, labels = self._predict_file(case.source, case.target, case.case_id, series)
+                ct, labels = self._predict_file(*args)
             else:
                 try:
-                    ct, labels = self._predict_file(case.source, case.target, case.case_id)
+                    ct, labels = self._predict_file(*args)
                 except KidneysegError as exc:
                     self._report_failure(report, case, str(exc))
                     continue
@@ -431,7 +428,8 @@ def predict(
     Example:
         >>> report = predict("ct.nii.gz", "labels.nii.gz", "runs/paper")  # doctest: +SKIP
     """
-    plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
+    overwrite = not skip_existing
+    plan = plan_prediction(input_path, output, shard, cases, overwrite, series, output_format)
     if stats_path is not None:
         check_writable(Path(stats_path), "statistics file")
     predictor = Predictor(

@@ -1,7 +1,9 @@
 """Networks and their checkpoints.
 
 * ``unet_resnet34`` (paper §3): U-Net with an ImageNet-pretrained ResNet34 encoder, from
-  segmentation_models_pytorch, 1 input channel, 1 output logit.
+  segmentation_models_pytorch, 1 input channel (``data.context_slices`` with 2.5D context;
+  3 uses the RGB stem as it is), 1 output logit per output (`phase_config`; 2 for a
+  ``kits`` phase 2).
 * ``unet_plain`` (the paper's baseline, Table 1): a plain 5-level U-Net, two 3x3 convs per
   level, max-pool down, channels doubling, transposed-conv up, skip concatenation.
 
@@ -81,6 +83,16 @@ class PlainUNet(nn.Module):
         return self.head(x)
 
 
+def _adapt_stem(stem: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``C``-input stem (ImageNet: RGB) for ``channels`` inputs, as smp adapts its ImageNet
+    weights: summed for one channel, else the filters cycled and scaled by ``C / channels``
+    (the response keeps its scale; ``C`` channels: unchanged)."""
+    if channels == 1:
+        return stem.sum(1, keepdim=True)
+    cycled = stem[:, torch.arange(channels) % stem.shape[1]]
+    return cycled * (stem.shape[1] / channels)
+
+
 def _load_local_encoder(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise KidneysegError("encoder weights file not found", path=path)
@@ -96,11 +108,10 @@ def _load_local_encoder(model: nn.Module, path: Path) -> None:
         raise KidneysegError(f"cannot read encoder weights: {exc}", path=path) from exc
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     encoder: nn.Module = model.encoder  # type: ignore[assignment]
-    # A 3-channel ImageNet stem becomes 1-channel by summing over RGB (as smp does).
     stem = state.get("conv1.weight")
     own = encoder.state_dict().get("conv1.weight")
     if stem is not None and own is not None and stem.shape[1] != own.shape[1]:
-        state = {**state, "conv1.weight": stem.sum(1, keepdim=True).repeat(1, own.shape[1], 1, 1)}
+        state = {**state, "conv1.weight": _adapt_stem(stem, own.shape[1])}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     # smp's encoder overrides load_state_dict (and returns nothing); call the base method so the
     # missing/unexpected keys can be checked.
@@ -171,7 +182,8 @@ class CheckpointMeta:
         normalization: how the phase's input is normalised.
         labels: label id (as a string) -> name.
         kidneyseg_version: the package version that wrote it.
-        extra: anything else the writer added (``epoch``, ``val_loss``, ``train_loss``).
+        extra: anything else the writer added (``epoch``, ``val_loss``, ``val_dice``,
+            ``train_loss``).
         outputs: the network's outputs by name, one per channel (`phase_outputs`; files from
             before the header recorded them get the config's).
     """

@@ -4,8 +4,9 @@ The single place that turns a checkpoint into masks: `kidneyseg.inference.Predic
 for both phases, and `kidneyseg.regions` uses it to make the phase-1 regions that phase-2
 training sees with ``data.tumor_region=predicted``, so both sides segment exactly alike:
 
-1. HU of the canonical slices normalised with the checkpoint's `NormalizationRecord` (phase 2:
-   CT x kidney region);
+1. HU of the canonical slices (with ``data.context_slices > 1``, each with its neighbours at
+   ``data.context_mm`` steps, `kidneyseg.context.context_stack`, as training drew them)
+   normalised with the checkpoint's `NormalizationRecord` (phase 2: CT x kidney region);
 2. resized to the checkpoint's ``data.image_size`` (`kidneyseg.resize`), batched, channels_last
    (not on MPS), autocast at the resolved precision (`kidneyseg.hardware`);
 3. logits resized back to the slice and thresholded: ``logit > log(t / (1 - t))``, the same as
@@ -14,6 +15,10 @@ training sees with ``data.tumor_region=predicted``, so both sides segment exactl
    ``round(p x 255)`` (`PROBABILITY_SCALE`); the masks are the same either way.
    A model with several outputs (phase 2 predicting tumor and cyst) is thresholded on its
    most probable output, which also names the pixel's class (`classify_logits`).
+
+With ``tta`` (``inference.tta``) each batch also runs left-right mirrored (the flip of
+training augmentation), and step 3 works on the logit of the two probabilities' mean, each
+output on its own (`PhaseRunner._logits`).
 
 Example:
     >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
@@ -34,6 +39,7 @@ import numpy.typing as npt
 import torch
 
 from kidneyseg.config import Config
+from kidneyseg.context import context_stack
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import PROBABILITY_SCALE
 from kidneyseg.hardware import autocast, resolve_precision
@@ -104,6 +110,7 @@ class PhaseRunner:
         precision: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``).
         batch_size: slices per forward pass.
         threshold: probability threshold on the sigmoid output.
+        tta: flip test-time augmentation (`_logits`).
     """
 
     def __init__(
@@ -114,10 +121,11 @@ class PhaseRunner:
         precision: str = "auto",
         batch_size: int = 16,
         threshold: float = 0.5,
+        tta: bool = False,
     ) -> None:
         self.meta = meta
         self.model = model
-        self.configure(torch.device(device), precision, batch_size, threshold)
+        self.configure(torch.device(device), precision, batch_size, threshold, tta)
 
     @classmethod
     def load(
@@ -128,13 +136,16 @@ class PhaseRunner:
         precision: str = "auto",
         batch_size: int = 16,
         threshold: float = 0.5,
+        tta: bool = False,
     ) -> PhaseRunner:
-        """Load a checkpoint and check it is a 1-channel model of ``phase`` with one logit per
-        output the phase names (`CheckpointMeta.outputs`: 1, or 2 for tumor and cyst).
+        """Load a checkpoint and check it is a model of ``phase`` whose input channels are its
+        ``data.context_slices`` (1 = the paper's single slice) and with one logit per output the
+        phase names (`CheckpointMeta.outputs`: 1, or 2 for tumor and cyst).
 
         Raises:
-            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase, or
-                one whose network's outputs differ from those its config names.
+            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase,
+                input channels that do not match its context slices, or a network whose
+                outputs differ from those its config names.
         """
         model, meta = load_checkpoint(path, device="cpu")
         if meta.phase != phase:
@@ -143,16 +154,21 @@ class PhaseRunner:
             )
         if meta.normalization.phase != phase:
             raise KidneysegError(f"checkpoint has no valid {phase} normalisation record", path=path)
-        if meta.config.model.in_channels != 1:
-            raise KidneysegError("checkpoint is not a 1-channel model", path=path)
-        if meta.config.model.classes != len(meta.outputs):
+        model_cfg, data_cfg = meta.config.model, meta.config.data
+        if model_cfg.in_channels != data_cfg.context_slices:
             raise KidneysegError(
-                f"checkpoint's network has {meta.config.model.classes} outputs but its "
-                f"{phase} phase predicts {len(meta.outputs)} ({', '.join(meta.outputs)}; "
-                f"data.tumor_classes={meta.config.data.tumor_classes!r})",
+                f"checkpoint has {model_cfg.in_channels} input channels but "
+                f"data.context_slices={data_cfg.context_slices}",
                 path=path,
             )
-        return cls(model, meta, device, precision, batch_size, threshold)
+        if model_cfg.classes != len(meta.outputs):
+            raise KidneysegError(
+                f"checkpoint's network has {model_cfg.classes} outputs but its "
+                f"{phase} phase predicts {len(meta.outputs)} ({', '.join(meta.outputs)}; "
+                f"data.tumor_classes={data_cfg.tumor_classes!r})",
+                path=path,
+            )
+        return cls(model, meta, device, precision, batch_size, threshold, tta)
 
     # ---------------------------------------------------------------- properties
 
@@ -178,13 +194,19 @@ class PhaseRunner:
         return self.meta.config.data.image_size
 
     def configure(
-        self, device: torch.device, precision: str, batch_size: int, threshold: float
+        self,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        threshold: float,
+        tta: bool = False,
     ) -> PhaseRunner:
         """Set how to run: move the network to ``device`` (channels_last except on MPS), resolve
-        ``precision`` for it, and set the batch size and probability threshold."""
+        ``precision`` for it, and set the batch size, probability threshold and flip TTA."""
         if batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {batch_size})")
         self.batch_size = int(batch_size)
+        self.tta = bool(tta)
         self.threshold = float(threshold)
         self._logit_threshold = logit_threshold(threshold)
         self.device = device
@@ -196,6 +218,29 @@ class PhaseRunner:
         return self
 
     # ---------------------------------------------------------------- running
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``(n, outputs, h, w)`` of a model-size batch ``(n, channels, h, w)``
+        (channels: ``data.context_slices``).
+
+        With ``tta`` the batch runs again mirrored left-right (the last axis: the flip of
+        training augmentation, `kidneyseg.augmentation.BatchAugment`), the answer is mirrored
+        back, and the result is, for each output channel on its own, the logit of the mean of
+        the two *probabilities*: ``logit((sigmoid(a) + sigmoid(b)) / 2)``, computed in log space
+        so it stays finite where a probability rounds to 0 or 1.
+        """
+        with autocast(self.device, self.precision):
+            logits = self.model(batch).float()
+            if not self.tta:
+                return logits
+            mirrored = batch.flip(-1)
+            if self.device.type != "mps":
+                mirrored = mirrored.contiguous(memory_format=torch.channels_last)
+            other = self.model(mirrored).float().flip(-1)
+        log_sigmoid = torch.nn.functional.logsigmoid
+        log_2p = torch.logaddexp(log_sigmoid(logits), log_sigmoid(other))  # p: mean probability
+        log_2q = torch.logaddexp(log_sigmoid(-logits), log_sigmoid(-other))  # q = 1 - p
+        return log_2p - log_2q
 
     def model_box(
         self, box: tuple[int, int, int, int], shape: tuple[int, int]
@@ -219,6 +264,7 @@ class PhaseRunner:
         box: tuple[int, int, int, int] | None = None,
         probabilities: npt.NDArray[np.uint8] | None = None,
         best_output: npt.NDArray[np.uint8] | None = None,
+        spacing_z: float | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
 
@@ -238,9 +284,15 @@ class PhaseRunner:
                 sigmoid entirely.
             best_output: uint8 ``(len(slices), y, x)`` to fill with each pixel's most
                 probable output (index into `outputs`, `classify_logits`; 0 outside ``box``).
+            spacing_z: the canonical z spacing (mm) of ``ct``; needed by a 2.5D model
+                (``data.context_slices > 1``), whose neighbours lie ``data.context_mm`` apart.
 
         Returns:
             bool ``(len(slices), y, x)``: where the most probable output is above the threshold.
+
+        Raises:
+            KidneysegError: bad ``probabilities`` or ``best_output``, or a 2.5D model without
+                ``spacing_z``.
         """
         height, width = ct.shape[1:]
         out = np.zeros((len(slices), height, width), dtype=bool)
@@ -260,23 +312,31 @@ class PhaseRunner:
             best_output[...] = 0
         if len(slices) == 0:
             return out
+        data = self.config.data
+        if data.context_slices > 1 and spacing_z is None:
+            raise KidneysegError(
+                f"this {self.phase} model reads {data.context_slices} slices "
+                f"{data.context_mm} mm apart: segment() needs the z spacing (spacing_z)"
+            )
         size = self.image_size
         native = (height, width) == (size, size)
         crop = None if box is None else self.model_box(box, (height, width))
         cuda = self.device.type == "cuda"
-        contiguous = bool(np.all(np.diff(slices) == 1))
         with torch.inference_mode():
             for start in range(0, len(slices), self.batch_size):
                 idx = slices[start : start + self.batch_size]
-                # A plain slice of the canonical view avoids fancy-indexing copies.
-                sel: Any = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
-                hu, mask = ct[sel], None if region is None else region[sel]
-                if crop is not None and native:  # model pixels are slice pixels: cut first
-                    y0, y1, x0, x1 = crop
-                    hu = hu[:, y0:y1, x0:x1]
-                    mask = None if mask is None else mask[:, y0:y1, x0:x1]
-                x = normalize(np.asarray(hu), self.normalization, mask)
-                batch = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
+                # Native size: model pixels are slice pixels, so cut the crop when reading.
+                hu, mask = context_stack(
+                    ct,
+                    idx,
+                    1.0 if spacing_z is None else spacing_z,  # 2.5D models only (checked)
+                    data.context_slices,
+                    data.context_mm,
+                    region,
+                    box=crop if native else None,
+                )
+                x = normalize(hu, self.normalization, mask)
+                batch = torch.from_numpy(np.ascontiguousarray(x))
                 batch = batch.to(self.device, non_blocking=cuda)
                 if not native:
                     batch = to_model_size(batch, size)
@@ -284,8 +344,7 @@ class PhaseRunner:
                     batch = batch[..., crop[0] : crop[1], crop[2] : crop[3]]
                 if self.device.type != "mps":
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.precision):
-                    logits = self.model(batch).float()
+                logits = self._logits(batch)
                 where: tuple[slice, ...] = (slice(start, start + len(idx)),)
                 if crop is not None and native:
                     y0, y1, x0, x1 = crop

@@ -8,6 +8,7 @@ depends on axis order except the spacing, which must follow the same order).
 * `remove_small_components`: drop 3D connected components below a size.
 * `assemble_labels`: the masks -> uint8 labels 0 background, 1 kidney, 2 tumor, 3 cyst (cyst
   only from a phase 2 that predicts it, ``data.tumor_classes = "tumor,cyst"``).
+* `keep_largest_components`: only the N largest 3D components of a label map's foreground.
 * `postprocess`: all of the above as a `PostprocessConfig` asks.
 
 Example:
@@ -110,6 +111,37 @@ def assemble_labels(
     return labels
 
 
+def keep_largest_components(labels: npt.NDArray[Any], count: int) -> npt.NDArray[Any]:
+    """Keep the ``count`` largest 3D connected components (26-connectivity, by voxel count) of
+    the foreground (labels >= 1); every label outside them becomes background.
+
+    The foreground is the kidney with its masses, so a tumor (or cyst) that lies outside the
+    kept components goes with them. Ties in size keep the component met first in index order.
+    ``count <= 0`` keeps everything. The input is not changed.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.zeros((1, 1, 9), np.uint8); m[0, 0, :3] = 1; m[0, 0, 4] = 2; m[0, 0, 6:8] = 2
+        >>> keep_largest_components(m, 2).tolist()
+        [[[1, 1, 1, 0, 0, 0, 2, 2, 0]]]
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    foreground = labels >= 1
+    if count <= 0 or not foreground.any():
+        return out
+    box = ndimage.find_objects(foreground.astype(np.uint8))[0]
+    components, found = ndimage.label(foreground[box], structure=_STRUCTURE)
+    if found <= count:
+        return out
+    sizes = np.bincount(components.ravel(), minlength=found + 1)[1:]
+    # A stable sort keeps, among equal sizes, the component met first (lowest id).
+    keep = np.zeros(found + 1, dtype=bool)
+    keep[1 + np.argsort(-sizes, kind="stable")[:count]] = True
+    out[box][~keep[components]] = BACKGROUND
+    return out
+
+
 def ml_to_voxels(volume_ml: float, spacing: Sequence[float]) -> int:
     """Smallest voxel count whose volume is at least ``volume_ml`` for this spacing (mm).
 
@@ -138,7 +170,9 @@ def postprocess(
     tumor, part cyst counts as one; 0 = off, the paper's setting); then assembled into labels
     0/1/2 (and 3 with ``cyst``). (A mass component lies inside one kidney component, so it
     never outlives the removal of its kidney component.) Without ``cyst`` (a tumor-only
-    phase 2) the masses are the tumor alone.
+    phase 2) the masses are the tumor alone. Last, ``cfg.kidney_components = N`` (0 = off)
+    keeps only the N largest 3D components of kidney with masses (`keep_largest_components`:
+    tumor and cyst outside them go too).
 
     Args:
         kidney: phase-1 kidney region (kidney incl. masses), bool-like, 3D.
@@ -173,4 +207,7 @@ def postprocess(
         else:
             masses = remove_small_components(tumor | cyst, min_voxels)
             tumor, cyst = tumor & masses, cyst & masses
-    return assemble_labels(kidney, tumor, cyst)
+    labels = assemble_labels(kidney, tumor, cyst)
+    if cfg.kidney_components > 0:
+        labels = keep_largest_components(labels, cfg.kidney_components)
+    return labels

@@ -1,8 +1,11 @@
 """Prediction outputs (``kidneyseg predict``): label maps and the ``--stats`` file.
 
-* Folder mode writes ``PRED_DIR/<case_id>.nii.gz``: uint8 labels 0 background, 1 kidney,
+* Folder mode writes ``PRED_DIR/<case_id><suffix>``: uint8 labels 0 background, 1 kidney,
   2 tumor, and 3 cyst when phase 2 predicts cysts (``data.tumor_classes = "tumor,cyst"``, the
-  ``kits`` preset), in the input's exact geometry. One CT writes to the path given.
+  ``kits`` preset), in the input's exact geometry. The suffix follows ``--output-format``
+  (`OUTPUT_FORMATS`, `label_suffix`): by default (``auto``) the input's own format (``.nrrd``
+  in, ``.nrrd`` out; ``.nhdr``/``.mhd`` give ``.nrrd``/``.mha``), ``.nii.gz`` for DICOM input.
+  One CT writes to the path given.
 * ``--stats FILE`` writes one JSON object (`stats_document`, format version 2): the model that
   predicted (`provenance`) and per case the measurements of `kidneyseg.stats.label_statistics`:
   ``kidneys.{right,left}`` and ``total`` (``volume_ml`` = label 1, ``volume_with_masses_ml`` =
@@ -12,7 +15,8 @@
   ``voxels`` (count per label), ``sides`` (the midline rule and its LPS x), ``coordinates``.
 * Each label file names its model in its header description (`header_description`:
   ``kidneyseg <version> model <model id> <device> <precision>``; NIfTI ``descrip``).
-* DICOM input: ``<name>.seg.dcm`` (`seg_path`), a DICOM Segmentation (`kidneyseg.dicom_seg`).
+* DICOM input: ``<name>.seg.dcm`` (`seg_path`), a DICOM Segmentation (`kidneyseg.dicom_seg`),
+  unless ``--output-format`` names a label-file format (`writes_seg`).
 * ``--save-probabilities``: ``<name>_kidney_prob.nii.gz`` and ``<name>_tumor_prob.nii.gz``,
   and ``<name>_cyst_prob.nii.gz`` when phase 2 predicts cysts (`probability_path`; one file
   per network output) beside the label file, in its geometry: uint8, value =
@@ -34,11 +38,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kidneyseg.filetypes import SAME_FORMAT_SUFFIX, image_suffix
 from kidneyseg.types import CYST, KIDNEY, TUMOR
 from kidneyseg.utils import atomic_write_text, package_version
 
-#: Suffix of the label maps written in folder mode.
+#: Suffix of NIfTI label maps (DICOM input; ``--output-format nifti``).
 OUTPUT_SUFFIX = ".nii.gz"
+#: ``--output-format``: ``auto`` (the input's own format; DICOM: NIfTI + DICOM SEG), one
+#: label-file format (no SEG), the SEG only (``dicom-seg``) or NIfTI + SEG (``both``).
+OUTPUT_FORMATS = ("auto", "nifti", "nrrd", "mha", "dicom-seg", "both")
+#: The label-file suffix of each format word but ``auto`` (``dicom-seg``: where the SEG's name
+#: comes from, `seg_path`).
+FORMAT_SUFFIXES = {
+    "nifti": OUTPUT_SUFFIX,
+    "nrrd": ".nrrd",
+    "mha": ".mha",
+    "dicom-seg": OUTPUT_SUFFIX,
+    "both": OUTPUT_SUFFIX,
+}
 STATS_FORMAT = "kidneyseg-stats"
 STATS_FORMAT_VERSION = 2
 #: Suffix of the DICOM Segmentation written beside a label file (``ct.nii.gz`` -> ``ct.seg.dcm``).
@@ -51,9 +68,49 @@ PROBABILITY_SUFFIX = "_prob.nii.gz"
 PROBABILITY_OUTPUTS = ("kidney", "tumor", "cyst")
 
 
-def output_path(pred_dir: str | Path, case_id: str) -> Path:
-    """Where folder mode writes a case's label map."""
-    return Path(pred_dir) / f"{case_id}{OUTPUT_SUFFIX}"
+def output_path(pred_dir: str | Path, case_id: str, suffix: str = OUTPUT_SUFFIX) -> Path:
+    """Where folder mode writes a case's label map (``suffix``: `label_suffix`)."""
+    return Path(pred_dir) / f"{case_id}{suffix}"
+
+
+def label_suffix(output_format: str | None, source: str | Path) -> str:
+    """The label file's suffix in folder mode for a case read from ``source``.
+
+    ``auto`` (or None) keeps the input's format; a DICOM file or folder gives ``.nii.gz``.
+
+    Example:
+        >>> label_suffix("auto", "in/a.nhdr"), label_suffix(None, "in/p1")
+        ('.nrrd', '.nii.gz')
+        >>> label_suffix("mha", "in/a.nii")
+        '.mha'
+    """
+    if output_format in FORMAT_SUFFIXES:
+        return FORMAT_SUFFIXES[output_format]
+    suffix = image_suffix(source)
+    return SAME_FORMAT_SUFFIX[suffix] if suffix else OUTPUT_SUFFIX
+
+
+def format_of(label_path: str | Path) -> str | None:
+    """The format word (``nifti``, ``nrrd``, ``mha``) of a label file's name, or None.
+
+    Example:
+        >>> format_of("out/labels.nii"), format_of("out/labels.png")
+        ('nifti', None)
+    """
+    suffix = image_suffix(label_path)
+    written = SAME_FORMAT_SUFFIX.get(suffix or "")
+    return {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".mha": "mha"}.get(written or "")
+
+
+def writes_seg(output_format: str | None, dicom_input: bool) -> bool:
+    """Whether a DICOM SEG goes beside the label file (`seg_path`).
+
+    Example:
+        >>> writes_seg("auto", True), writes_seg("nifti", True), writes_seg(None, False)
+        (True, False, False)
+    """
+    fmt = output_format or "auto"
+    return fmt in ("dicom-seg", "both") or (fmt == "auto" and dicom_input)
 
 
 def _stem(label_path: str | Path) -> Path:
