@@ -29,6 +29,7 @@ Prints a Markdown table and, as its last line, one JSON object (also written to
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import hashlib
 import json
@@ -95,6 +96,17 @@ def row_config(base: list[str], extra: list[str], planes_share: bool) -> Config:
     return cfg
 
 
+def same_best_epoch(phase_dir: Path) -> bool:
+    """Whether a run's lowest val_loss and highest val_dice fall in the same epoch."""
+    with (phase_dir / "metrics.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_loss") and r.get("val_dice")]
+    if not rows:
+        return False
+    by_loss = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
+    by_dice = max(rows, key=lambda r: float(r["val_dice"]))["epoch"]
+    return by_loss == by_dice
+
+
 def _mean(metrics: dict[str, Any], key: str) -> float | None:
     value = metrics.get(key, {}).get("mean")
     return None if value is None else round(float(value), 4)
@@ -113,8 +125,19 @@ def run_row(
     run = out / "runs" / name
     keys = dict(zip(("kidney", "tumor"), training_keys(cfg), strict=True))
     seconds: dict[str, float] = {}
+    metric = cfg.train.checkpoint_metric
+    other = "loss" if metric == "dice" else "dice"
+    twin_cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, checkpoint_metric=other)
+    )
+    twins = dict(zip(("kidney", "tumor"), training_keys(twin_cfg), strict=True))
     for phase in ("kidney", "tumor"):
         key = f"{phase}:{keys[phase]}"
+        twin = trained.get(f"{phase}:{twins[phase]}")
+        if key not in trained and twin is not None and same_best_epoch(twin[0]):
+            # Same training, other checkpoint rule, and both rules pick the same epoch.
+            trained[key] = twin
+            _say(f"{name}: {phase}: val loss and val Dice pick the same epoch in {twin[0]}")
         if key in trained:
             source, secs = trained[key]
             if source != run / phase:
@@ -193,6 +216,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="extra overrides, all rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 cases, tiny budget")
+    parser.add_argument("--fresh", action="store_true", help="rerun rows already in OUT")
     args = parser.parse_args()
     if args.quick:
         args.cases, args.epochs, args.samples = 12, 1, 32
@@ -221,13 +245,24 @@ def main() -> None:
         combined = [n.strip() for n in args.combine.split(",") if n.strip()]
         ROWS["combined"] = (" + ".join(combined), [s for n in combined for s in ROWS[n][1]])
         plan.append(("combined", ROWS["combined"][1]))
+    # Rows and models of an earlier call with the same folder are kept (add rows later).
+    registry = out / "trained.json"
     trained: dict[str, tuple[Path, float]] = {}
-    results = []
+    if registry.is_file():
+        trained = {k: (Path(p), s) for k, (p, s) in json.loads(registry.read_text()).items()}
+    done = {}
+    if (out / "ablation.json").is_file() and not args.fresh:
+        done = {r["row"]: r for r in json.loads((out / "ablation.json").read_text())}
+    results = [done[n] for n in done if n not in dict(plan)]
     for name, extra in plan:
+        if name in done:
+            results.append(done[name])
+            continue
         cfg = row_config(base, extra, planes_share=True)
         _say(f"row {name}: {' '.join(extra) or '(baseline)'}")
         results.append(run_row(name, cfg, base + extra, prep, data, out, trained))
         (out / "ablation.json").write_text(json.dumps(results, indent=1))
+        registry.write_text(json.dumps({k: [str(p), s] for k, (p, s) in trained.items()}))
     print(table(results))
     print(
         json.dumps(
