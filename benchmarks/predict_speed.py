@@ -10,7 +10,8 @@ as ``.nii.gz``; each mode is timed from reading the file to writing the label ma
   axial range (``inference.fast_crop = "axial"``, the default) or on in-plane boxes too
   (``--set inference.fast_crop=box``).
 
-Models: ``--model RUN_DIR`` (trained; then the Dice between the two label maps is reported), or
+Models: ``--model RUN_DIR`` (trained, with or without cysts (``--preset fast,kits``); then the
+Dice between the two label maps is reported), or
 random-weight ResNet34 U-Nets at ``--image-size`` (the paper's 512 px by default). Random
 weights find "kidney" anywhere, so they time the naive path honestly but say nothing about the
 fast path's gain: give trained models for that. With ``--naive-slices N`` the naive path runs
@@ -95,12 +96,16 @@ def run_mode(
         ct = ct[zs]
     spacing = volume.canonical_spacing
     t0 = time.perf_counter()
-    kidney, tumor, region = predictor.segment_canonical(ct, spacing)
+    # A phase 2 trained with tumor and cyst (--preset fast,kits) fills a cyst mask too.
+    cyst = np.zeros(ct.shape, bool) if predictor.predicts_cysts else None
+    kidney, tumor, region = predictor.segment_canonical(ct, spacing, cyst=cyst)
     if cuda:
         torch.cuda.synchronize()
     t["cascade_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    labels = postprocess(kidney, tumor, spacing, predictor.config.postprocess, region=region)
+    labels = postprocess(
+        kidney, tumor, spacing, predictor.config.postprocess, region=region, cyst=cyst
+    )
     t["postprocess_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if zs is None:

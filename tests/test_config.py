@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,8 @@ def test_precedence_defaults_file_set(tmp_path: Path, suffix: str) -> None:
         ("postprocess.kidney_components=1.5", "expected int"),
         ("inference.tta=sometimes", "expected bool"),
         ("trainlr=1", "use section.key=value"),
+        ("data.tumor_classes=cyst", "data.tumor_classes must be tumor"),
+        ("data.tumor_classes=cyst,tumor", "data.tumor_classes must be tumor"),
     ],
 )
 def test_bad_values_are_clear_errors(override: str, message: str) -> None:
@@ -100,3 +103,18 @@ def test_dump_and_rebuild(tmp_path: Path) -> None:
     stored = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert stored["kidneyseg_version"] == "0.1.0"
     assert config_from_dict(stored["config"]) == cfg
+
+
+def test_kits_preset_and_composed_presets() -> None:
+    assert Config().data.tumor_classes == "tumor"  # the paper: phase 2 predicts tumor alone
+    assert "tumor_classes" not in PRESETS["fast"].get("data", {})  # fast stays tumor-only
+    kits = resolve_config("kits")
+    assert kits.data.tumor_classes == "tumor,cyst"
+    assert kits == replace(Config(), data=replace(Config().data, tumor_classes="tumor,cyst"))
+    # Presets compose left to right: the fast settings, and phase 2 with cysts.
+    fast_kits = resolve_config("fast,kits")
+    assert fast_kits == resolve_config("fast", overrides=["data.tumor_classes=tumor,cyst"])
+    assert resolve_config("kits, fast") == fast_kits  # no key in common: order is free here
+    assert fast_kits.data.image_size == 128 and fast_kits.train.loss == "bce_dice"
+    with pytest.raises(KidneysegError, match="unknown preset 'nope'.*fast,kits"):
+        resolve_config("fast,nope")

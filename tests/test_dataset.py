@@ -285,7 +285,7 @@ def _single_slice_item(ds: SliceDataset, i: int) -> tuple[torch.Tensor, torch.Te
         mask = np.asarray(region[z]) if region is not None else _REGION_LUT[labels]
         mask = expand_region(mask, ds._spacing_yx[case_index], ds.margin_mm)
     x = torch.from_numpy(normalize(hu, ds.normalization, region=mask))[None, None]
-    y = torch.from_numpy(ds._target_lut[labels])[None, None]
+    y = torch.from_numpy(ds._target_lut[:, labels])[None]  # one channel per output
     if x.shape[-2:] != (ds.size, ds.size):
         x = to_model_size(x, ds.size)
         y = (to_model_size(y, ds.size) > 0.5).float()
@@ -308,6 +308,7 @@ def test_one_context_slice_is_bit_identical_to_the_single_slice_input(prep, tmp_
         ("kidney", DataConfig(image_size=64, kidney_window=(20, 45)), None),
         ("tumor", DataConfig(image_size=32), None),
         ("tumor", DataConfig(image_size=64, region_margin_mm=2.0), None),
+        ("tumor", DataConfig(image_size=32, tumor_classes="tumor,cyst"), None),  # 2 outputs
         ("tumor", DataConfig(image_size=32, tumor_region="predicted"), regions),
         (
             "tumor",

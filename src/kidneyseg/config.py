@@ -1,6 +1,6 @@
 """Configuration: frozen dataclasses whose defaults reproduce the paper.
 
-Precedence: defaults < preset < config file (JSON, YAML or TOML) < ``--set section.key=value``.
+Precedence: defaults < preset(s) < config file (JSON, YAML or TOML) < ``--set section.key=value``.
 The resolved config is written next to every output (``config.json``) and into checkpoints.
 
 Paper references ("paper §x") are to the published two-phase U-Net/ResNet34 system on KiTS21.
@@ -24,6 +24,8 @@ from typing import Any
 
 from kidneyseg.config_files import load_config_file
 from kidneyseg.errors import KidneysegError
+from kidneyseg.presets import PRESETS as PRESETS  # re-exported (the presets' own module)
+from kidneyseg.presets import preset_names
 from kidneyseg.utils import atomic_write_text
 
 
@@ -59,6 +61,11 @@ class DataConfig:
     tumor_foreground_fraction: float | None = None
     #: Phase-2 input region: "ground_truth" kidney region (default) or "predicted" by phase 1.
     tumor_region: str = "ground_truth"
+    #: Phase-2 classes, one network output each: "tumor" (paper §3: one sigmoid output, label 2;
+    #: cysts count as kidney) or "tumor,cyst" (the ``kits`` preset: a second output for label 3;
+    #: a voxel is a mass where max(p_tumor, p_cyst) > inference.threshold, a tumor where
+    #: p_tumor >= p_cyst and a cyst otherwise), so predictions hold all three KiTS labels.
+    tumor_classes: str = "tumor"
     #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
     #: inference alike; 0 = the paper's tight region. See normalization.expand_region.
     region_margin_mm: float = 0.0
@@ -98,6 +105,8 @@ class ModelConfig:
     encoder_weights: str = "imagenet"
     #: Input channels: set to ``data.context_slices`` whenever that is set (must equal it).
     in_channels: int = 1
+    #: Network outputs. Training sets it from the phase (kidney 1; tumor one per entry of
+    #: ``data.tumor_classes``) and checkpoints record it, so leave it at 1.
     classes: int = 1
     #: Width of the first level of `unet_plain` (doubles at each of its 5 levels).
     base_channels: int = 64
@@ -173,7 +182,7 @@ class InferenceConfig:
 class PostprocessConfig:
     """Postprocessing of the assembled 3D label map (paper §4.3)."""
 
-    #: Keep tumor only inside the predicted kidney region (paper §4.3).
+    #: Keep tumor (and cyst) only inside the predicted kidney region (paper §4.3).
     tumor_inside_kidney: bool = True
     #: Remove 3D connected components smaller than this (mL); 0 = off (paper preset).
     min_component_ml: float = 0.0
@@ -193,31 +202,8 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
-#: Named presets: partial overrides applied on top of the defaults ("paper" = the defaults).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {},
-    # Minutes on 2 CPU cores on the phantom cohort: small slices, no ImageNet download.
-    "fast": {
-        "data": {
-            "image_size": 128,
-            "num_workers": 0,
-            "samples_per_epoch": 512,
-            "foreground_fraction": 0.8,
-            "tumor_foreground_fraction": 0.5,
-        },
-        "model": {"encoder_weights": "none"},
-        "train": {
-            "batch_size": 16,
-            "epochs": 8,
-            "lr": 2e-3,
-            "lr_schedule": "cosine",
-            "loss": "bce_dice",
-            "limit_val_batches": 8,
-        },
-        "inference": {"batch_size": 32},
-        "postprocess": {"min_component_ml": 0.1},
-    },
-}
+#: ``data.tumor_classes`` values: phase 2's output classes, in output order.
+TUMOR_CLASSES = ("tumor", "tumor,cyst")
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
@@ -363,6 +349,10 @@ def validate(cfg: Config) -> Config:
         d.tumor_region in ("ground_truth", "predicted"),
         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})",
     )
+    need(
+        ",".join(c.strip() for c in d.tumor_classes.split(",")) in TUMOR_CLASSES,
+        f"data.tumor_classes must be tumor (the paper) or tumor,cyst (got {d.tumor_classes!r})",
+    )
     k = d.context_slices
     need(k >= 1 and k % 2 == 1, f"data.context_slices must be odd and >= 1 (got {k}), e.g. 3")
     need(d.context_mm > 0, f"data.context_mm must be > 0 (got {d.context_mm}); e.g. 3.0")
@@ -420,14 +410,18 @@ def resolve_config(
     overrides: list[str] | None = None,
     base: Config | dict[str, Any] | None = None,
 ) -> Config:
-    """Build the config: defaults (or ``base``) < preset < file < ``--set`` overrides."""
-    if preset not in PRESETS:
-        raise KidneysegError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    """Build the config: defaults (or ``base``) < preset(s) < file < ``--set`` overrides.
+
+    ``preset`` is one name of `PRESETS` or several joined by commas (`preset_names`), e.g.
+    ``"fast,kits"``: the fast CPU settings with phase 2 predicting tumor and cyst.
+    """
+    names = preset_names(preset)
     if isinstance(base, dict):
         cfg = config_from_dict(base)
     else:
         cfg = base or Config()
-    cfg = _apply(cfg, PRESETS[preset], f"preset {preset}")
+    for name in names:
+        cfg = _apply(cfg, PRESETS[name], f"preset {name}")
     if config_file is not None:
         cfg = _apply(cfg, load_config_file(config_file), str(config_file))
     if overrides:

@@ -7,7 +7,9 @@ it serves, and ``slices.npy`` says which slices hold kidney/tumor without touchi
 * phase ``kidney``: every slice; input HU clipped to ``data.kidney_window`` and z-scored with
   training-split statistics; target = labels 1, 2, 3 (`kidneyseg.types.PHASE_TARGETS`).
 * phase ``tumor``: only slices whose kidney region is non-empty; input = CT x region mask,
-  z-scored with the statistics inside the region; target = label 2. The region is the ground
+  z-scored with the statistics inside the region; target = label 2, or with
+  ``data.tumor_classes = "tumor,cyst"`` two channels, label 2 and label 3
+  (`kidneyseg.types.phase_outputs`; foreground slices then hold either). The region is the ground
   truth (default) or, with ``data.tumor_region = "predicted"``, phase 1's prediction
   (`kidneyseg.regions.predict_kidney_regions` computes it once per case and caches it).
 * 2.5D (``data.context_slices = k > 1``): the input has ``k`` channels, the slice and its
@@ -51,11 +53,11 @@ from torch.utils.data import Dataset, Sampler
 from kidneyseg.config import DataConfig
 from kidneyseg.context import context_stack
 from kidneyseg.errors import KidneysegError
-from kidneyseg.formats.prep_dir import PrepDir
+from kidneyseg.formats.prep_dir import SLICE_LABELS, PrepDir
 from kidneyseg.normalization import NormalizationRecord, expand_region, normalize
 from kidneyseg.regions import region_files
 from kidneyseg.resize import to_model_size
-from kidneyseg.types import MAX_LABEL, PHASE_TARGETS, PHASES
+from kidneyseg.types import MAX_LABEL, OUTPUT_TARGETS, PHASE_TARGETS, PHASES, phase_outputs
 
 
 def _label_lut(labels: Sequence[int]) -> npt.NDArray[np.float32]:
@@ -78,7 +80,9 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """The eligible axial slices of some cases for one phase, as ``(image, target)`` tensors.
 
     Float32 image ``(k, S, S)`` (z-scored; ``k = cfg.context_slices``, the slice and its
-    neighbours) and target ``(1, S, S)`` (0/1, the centre slice's), ``S = cfg.image_size``.
+    neighbours) and target ``(C, S, S)`` (0/1, the centre slice's) with one channel per network
+    output of the phase (`phase_outputs`: 1, or 2 for phase 2 with
+    ``data.tumor_classes = "tumor,cyst"``), ``S = cfg.image_size``.
 
     Args:
         prep: the preprocessed folder.
@@ -126,7 +130,11 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         spacing = [prep.spacing_mm(c) for c in case_ids]
         self._spacing_z = [s[0] for s in spacing]
         self._spacing_yx = [s[1:] for s in spacing]
-        self._target_lut = _label_lut(PHASE_TARGETS[phase])
+        outputs = phase_outputs(phase, cfg.tumor_classes)
+        self._target_lut = np.stack([_label_lut(OUTPUT_TARGETS[name]) for name in outputs])
+        # Columns of the slice index holding the outputs' labels: foreground = any of them.
+        targets = {label for name in outputs for label in OUTPUT_TARGETS[name]}
+        target_columns = [i for i, label in enumerate(SLICE_LABELS) if label in targets]
         self._files: list[tuple[Path, Path, Path | None]] = []
         items, foreground = [], []
         for index, case_id in enumerate(self.case_ids):
@@ -141,14 +149,14 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             region_path = None
             if phase == "kidney":
                 eligible = np.ones(depth, bool)
-                fg = counts.sum(axis=1) > 0
+                fg = counts[:, target_columns].sum(axis=1) > 0
             elif self.regions_dir is not None:
                 region_path, region_slices = region_files(self.regions_dir, case_id)
                 eligible = np.load(region_slices) > 0
-                fg = eligible & (counts[:, 1] > 0)
+                fg = eligible & (counts[:, target_columns].sum(axis=1) > 0)
             else:
                 eligible = counts.sum(axis=1) > 0
-                fg = counts[:, 1] > 0
+                fg = counts[:, target_columns].sum(axis=1) > 0
             self._files.append((image_path, label_path, region_path))
             zs = np.flatnonzero(eligible)
             items.append(np.stack([np.full(len(zs), index), zs], axis=1))
@@ -196,7 +204,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         k, mm = self.context
         hu, mask = context_stack(image, [z], self._spacing_z[case_index], k, mm, source, masker)
         x = torch.from_numpy(normalize(hu, self.normalization, region=mask))
-        y = torch.from_numpy(self._target_lut[labels])[None, None]
+        y = torch.from_numpy(self._target_lut[:, labels])[None]
         if x.shape[-2:] != (self.size, self.size):
             x = to_model_size(x, self.size)
             # Resample the target like the image (bilinear, then 0.5), so both stay aligned.

@@ -39,6 +39,7 @@ LOSS_LABELS: Final = {"bce": "BCE loss", "bce_dice": "BCE + Dice loss"}
 
 _PRED_KIDNEY_RGBA = (1.0, 0.25, 0.25, 0.45)
 _PRED_TUMOR_RGBA = (0.8, 0.0, 0.0, 0.7)
+_PRED_CYST_RGBA = (0.16, 0.55, 1.0, 0.6)  # the preview's and viewer's cyst blue
 _GT_KIDNEY_COLOR = "lime"
 _GT_TUMOR_COLOR = "springgreen"
 _DPI = 100
@@ -239,8 +240,9 @@ def draw_overlay(
 
     Slices are shown as the canonical ``(y, x)`` array: anterior at the top and the patient's
     right on the image's left (radiological convention). Predicted kidney is light red, predicted
-    tumor dark red (semi-transparent fills); ground-truth kidney region (labels 1-3) is a solid
-    green contour, ground-truth tumor a dashed one.
+    tumor dark red, predicted cyst (from a model that predicts cysts) blue (semi-transparent
+    fills); ground-truth kidney region (labels 1-3) is a solid green contour, ground-truth tumor
+    a dashed one.
 
     Example:
         >>> from kidneyseg.reporting import load_case_volumes
@@ -285,7 +287,8 @@ def draw_overlay(
         ct = vols.ct[z] if vols.ct is not None else np.full(pred.shape, float(level))
         ax.imshow(ct, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=sy / sx)
         fill = np.zeros((*pred.shape, 4))
-        fill[np.isin(pred, (KIDNEY, CYST))] = _PRED_KIDNEY_RGBA
+        fill[pred == KIDNEY] = _PRED_KIDNEY_RGBA
+        fill[pred == CYST] = _PRED_CYST_RGBA
         fill[pred == TUMOR] = _PRED_TUMOR_RGBA
         ax.imshow(fill, interpolation="nearest", aspect=sy / sx)
         region, tumor = np.isin(gt, (KIDNEY, TUMOR, CYST)), gt == TUMOR
@@ -314,8 +317,14 @@ def draw_overlay(
         Line2D([], [], color=_GT_KIDNEY_COLOR, lw=1.5, label="GT kidney region edge"),
         Line2D([], [], color=_GT_TUMOR_COLOR, lw=1.5, ls="--", label="GT tumor edge"),
     ]
+    if (vols.pred == CYST).any():
+        handles.insert(2, Patch(color=_PRED_CYST_RGBA, label="predicted cyst"))
     fig.legend(
-        handles=handles, loc="lower center", ncol=4 if n > 1 else 2, fontsize=7, frameon=False
+        handles=handles,
+        loc="lower center",
+        ncol=len(handles) if n > 1 else 2,
+        fontsize=7,
+        frameon=False,
     )
     canvas.draw()
     height_px = fig.bbox.height

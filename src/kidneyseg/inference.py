@@ -7,7 +7,8 @@
 2. phase 2 on CT x region, *only* on slices where the region is non-empty (most slices of an
    abdominal CT hold no kidney, so this roughly halves the time) -> tumor;
 3. `kidneyseg.postprocessing.postprocess` -> uint8 labels 0/1/2, put back into the input's
-   exact geometry.
+   exact geometry. A phase 2 trained on tumor and cyst (``data.tumor_classes = "tumor,cyst"``,
+   the ``kits`` preset) adds label 3: its masses are split by the more probable output.
 
 `predict` (the ``kidneyseg predict`` command) plans the inputs and outputs
 (`kidneyseg.inputs.plan_prediction`), loads the models and runs the plan, skipping cases already
@@ -30,7 +31,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ from kidneyseg.formats.pred_dir import (
     probability_path,
     provenance,
     seg_path,
-    stats_document,
     write_stats,
     writes_seg,
 )
@@ -55,6 +54,7 @@ from kidneyseg.hardware import resolve_device, use_all_cores
 from kidneyseg.inputs import (
     InputCase,
     PredictionPlan,
+    PredictReport,
     check_output_file,
     check_writable,
     plan_prediction,
@@ -70,43 +70,6 @@ from kidneyseg.types import Volume
 
 #: Settings that may change at prediction time; the rest must match what the models learnt.
 PREDICT_SECTIONS = ("inference", "postprocess")
-
-
-@dataclass
-class PredictReport:
-    """What a `Predictor.predict_paths` run did.
-
-    Attributes:
-        written: label files written in this run.
-        skipped: label files that already existed (folder mode resumes).
-        failed: ``(case_id, message)`` of each case that could not be predicted.
-        stats: ``case_id -> kidneyseg.stats.label_statistics`` of every written or skipped case.
-        provenance: the model that predicted (`kidneyseg.formats.pred_dir.provenance`).
-        seconds: wall time of the run.
-    """
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seconds: float = 0.0
-    provenance: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        """One line: counts of predicted, skipped and failed cases, and the time taken."""
-        per_case = f" ({self.seconds / len(self.written):.1f} s per case)" if self.written else ""
-        return (
-            f"{len(self.written)} predicted, {len(self.skipped)} skipped (already done), "
-            f"{len(self.failed)} failed in {self.seconds:.1f} s{per_case}"
-        )
-
-    def stats_json(self) -> dict[str, Any]:
-        """The ``--stats`` file's content (`kidneyseg.formats.pred_dir.stats_document`)."""
-        return stats_document(self.stats, dict(self.failed), self.provenance)
 
 
 def _predict_config(
@@ -137,11 +100,13 @@ class Predictor:
             ``dicom-seg``: the SEG only; ``both``: both (DICOM input only).
         config_file: config file whose ``inference``/``postprocess`` sections apply.
         overrides: ``section.key=value`` strings, e.g. ``["postprocess.min_component_ml=0.5"]``.
-        save_probabilities: also write each phase's probability map beside each label file
-            (uint8, p x 255; `kidneyseg.formats.pred_dir.probability_path`).
+        save_probabilities: also write each output's probability map beside each label file
+            (uint8, p x 255; `kidneyseg.formats.pred_dir.probability_path`): kidney, tumor,
+            and cyst when phase 2 predicts cysts.
 
     Attributes:
         config: the kidney checkpoint's config with the prediction-time settings applied.
+        predicts_cysts: phase 2 predicts cysts too (labels 0-3 out, not 0-2).
         provenance: model id (hash of both checkpoints), version, device, precision, backend.
 
     Raises:
@@ -182,6 +147,7 @@ class Predictor:
         for runner in (kidney, tumor):
             runner.configure(self.device, *how)
         self.phases = {"kidney": kidney, "tumor": tumor}
+        self.predicts_cysts = "cyst" in tumor.outputs
         if output_format not in (None, *OUTPUT_FORMATS):
             raise KidneysegError(
                 f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}"
@@ -197,8 +163,15 @@ class Predictor:
 
     # ---------------------------------------------------------------- one volume
 
+    @property
+    def probability_outputs(self) -> tuple[str, ...]:
+        """The probability maps `predict_probability_maps` gives (and ``--save-probabilities``
+        writes): kidney, tumor, and cyst when phase 2 predicts cysts."""
+        return ("kidney", "tumor", "cyst") if self.predicts_cysts else ("kidney", "tumor")
+
     def predict_volume(self, volume: Volume) -> Volume:
-        """Labels (uint8: 0 background, 1 kidney, 2 tumor) in ``volume``'s exact geometry.
+        """Labels (uint8: 0 background, 1 kidney, 2 tumor, 3 cyst when phase 2 predicts cysts)
+        in ``volume``'s exact geometry.
 
         Raises:
             KidneysegError: the values are clearly not CT in HU.
@@ -210,10 +183,17 @@ class Predictor:
 
     def predict_probabilities(self, volume: Volume) -> tuple[Volume, Volume, Volume]:
         """Labels and the kidney and tumor probabilities (uint8, ``round(p x 255)``), all in
-        ``volume``'s exact geometry; the labels are those of `predict_volume`."""
+        ``volume``'s exact geometry; the labels are those of `predict_volume`. (The cyst
+        probability too: `predict_probability_maps`.)"""
+        labels, probs = self.predict_probability_maps(volume)
+        return labels, probs["kidney"], probs["tumor"]
+
+    def predict_probability_maps(self, volume: Volume) -> tuple[Volume, dict[str, Volume]]:
+        """Labels and every output's probability (uint8, ``round(p x 255)``) by name
+        (`probability_outputs`), all in ``volume``'s exact geometry."""
         labels, probs = self._predict(volume, volume.case_id or None, probabilities=True)
         assert probs is not None
-        return labels, probs[0], probs[1]
+        return labels, probs
 
     def segment_canonical(
         self,
@@ -222,6 +202,8 @@ class Predictor:
         bar: Any = None,
         kidney_prob: npt.NDArray[np.uint8] | None = None,
         tumor_prob: npt.NDArray[np.uint8] | None = None,
+        cyst: npt.NDArray[np.bool_] | None = None,
+        cyst_prob: npt.NDArray[np.uint8] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """The cascade's raw masks on a canonical ``(z, y, x)`` CT, before postprocessing.
 
@@ -231,21 +213,23 @@ class Predictor:
         Returns:
             ``(kidney, tumor, region)``: phase 1's mask, phase 2's mask (only on slices with
             kidney) and the region phase 2 saw (phase 1 grown by ``data.region_margin_mm``).
-            ``kidney_prob`` / ``tumor_prob``, when given, receive the probabilities
-            (`kidneyseg.localization.segment_cascade`).
+            ``kidney_prob`` / ``tumor_prob`` / ``cyst_prob``, when given, receive the
+            probabilities (`kidneyseg.localization.segment_cascade`). When phase 2 predicts
+            cysts (`predicts_cysts`), ``cyst`` (bool, the CT's shape) is required and receives
+            the cyst mask; the tumor mask then excludes cysts.
         """
         update = None if bar is None else bar.update
         kidney, tumor = self.phases["kidney"], self.phases["tumor"]
         settings = self.config.inference
         return segment_cascade(
-            kidney, tumor, ct, spacing, settings, update, kidney_prob, tumor_prob
+            kidney, tumor, ct, spacing, settings, update, kidney_prob, tumor_prob, cyst, cyst_prob
         )
 
     def _predict(
         self, volume: Volume, source: str | Path | None, probabilities: bool = False
-    ) -> tuple[Volume, tuple[Volume, Volume] | None]:
-        """Labels in ``volume``'s geometry, and (``probabilities``) the kidney and tumor
-        probability volumes beside them."""
+    ) -> tuple[Volume, dict[str, Volume] | None]:
+        """Labels in ``volume``'s geometry, and (``probabilities``) the probability volumes
+        of `probability_outputs` beside them."""
         from tqdm.auto import tqdm
 
         ct = volume.to_canonical()
@@ -259,14 +243,23 @@ class Predictor:
             disable=None if self.progress else True,
         )
         spacing = volume.canonical_spacing
-        k_prob = np.zeros(ct.shape, np.uint8) if probabilities else None
-        t_prob = np.zeros(ct.shape, np.uint8) if probabilities else None
+        outputs = self.probability_outputs if probabilities else ()
+        probs = {name: np.zeros(ct.shape, np.uint8) for name in outputs}
+        cyst = np.zeros(ct.shape, bool) if self.predicts_cysts else None
         with bar:
-            kidney, tumor, region = self.segment_canonical(ct, spacing, bar, k_prob, t_prob)
-        labels = postprocess(kidney, tumor, spacing, self.config.postprocess, region=region)
-        outs = [volume.from_canonical(a) for a in (labels, k_prob, t_prob) if a is not None]
-        outs = [out.with_array(np.ascontiguousarray(out.array)) for out in outs]
-        return outs[0], (outs[1], outs[2]) if len(outs) == 3 else None
+            kidney, tumor, region = self.segment_canonical(
+                ct, spacing, bar, probs.get("kidney"), probs.get("tumor"), cyst, probs.get("cyst")
+            )
+        labels = postprocess(
+            kidney, tumor, spacing, self.config.postprocess, region=region, cyst=cyst
+        )
+
+        def in_input_geometry(canonical: npt.NDArray[Any]) -> Volume:
+            out = volume.from_canonical(canonical)
+            return out.with_array(np.ascontiguousarray(out.array))
+
+        maps = {name: in_input_geometry(prob) for name, prob in probs.items()}
+        return in_input_geometry(labels), maps if probabilities else None
 
     # ---------------------------------------------------------------- files
 
@@ -320,10 +313,12 @@ class Predictor:
         if fmt != "dicom-seg":
             write_volume(labels, out, description)
         if writes_seg(fmt, is_dicom):
-            write_dicom_seg(labels, path, seg_path(out), self.provenance, series)
+            write_dicom_seg(
+                labels, path, seg_path(out), self.provenance, series, cysts=self.predicts_cysts
+            )
         if probs is not None:  # last: folder mode redoes a case whose probabilities are missing
-            for phase, prob in zip(("kidney", "tumor"), probs, strict=True):
-                write_volume(prob, probability_path(out, phase), description)
+            for name, prob in probs.items():
+                write_volume(prob, probability_path(out, name), description)
         return volume, labels
 
     def predict_paths(
@@ -371,7 +366,8 @@ class Predictor:
             check_writable(Path(stats_path), "statistics file")
         report = PredictReport(provenance=dict(self.provenance))
         start = time.perf_counter()
-        fmt, probabilities = self.output_format, self.save_probabilities
+        fmt = self.output_format
+        probabilities = self.probability_outputs if self.save_probabilities else ()
         for case in plan.cases:
             picked = case.series if plan.collection else case.series or series
             args = (case.source, case.target, case.case_id, picked)

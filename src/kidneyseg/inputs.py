@@ -1,4 +1,5 @@
-"""What ``kidneyseg predict`` reads and writes: input discovery, output checks and sharding.
+"""What ``kidneyseg predict`` reads and writes: input discovery, output checks and sharding,
+and the `PredictReport` of a run.
 
 `plan_prediction` turns ``INPUT OUTPUT [--shard K/N] [--split/--subset] [--output-format F]``
 into a `PredictionPlan` (one `InputCase` per CT: case id, source, DICOM series, target) and
@@ -15,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kidneyseg.data.kits import IMAGE_NAME, find_cases
 from kidneyseg.dicom import DicomSeries, candidate_series, find_dicom_series
@@ -31,6 +32,7 @@ from kidneyseg.formats.pred_dir import (
     output_path,
     probability_path,
     seg_path,
+    stats_document,
     writes_seg,
 )
 
@@ -115,13 +117,16 @@ class InputCase:
         """Whether the source is a DICOM folder or file (not an image file)."""
         return not is_image_file(self.source)
 
-    def done(self, output_format: str | None, probabilities: bool = False) -> bool:
-        """Whether folder mode finds every output of this case already there."""
+    def done(self, output_format: str | None, probabilities: Sequence[str] = ()) -> bool:
+        """Whether folder mode finds every output of this case already there.
+
+        ``probabilities``: the outputs whose probability file must be there too
+        (``predict --save-probabilities``: ``kidney``, ``tumor`` and, with cysts, ``cyst``).
+        """
         paths = [seg_path(self.target)] if writes_seg(output_format, self.dicom) else []
         if output_format != "dicom-seg":
             paths.append(self.target)
-        if probabilities:
-            paths += [probability_path(self.target, phase) for phase in ("kidney", "tumor")]
+        paths += [probability_path(self.target, output) for output in probabilities]
         return all(p.exists() for p in paths)
 
 
@@ -362,3 +367,40 @@ def _check_single_format(found: FoundInput, out: Path, output_format: str | None
             f"name it *{FORMAT_SUFFIXES[output_format]} or drop --output-format",
             path=out,
         )
+
+
+@dataclass
+class PredictReport:
+    """What a `kidneyseg.inference.Predictor.predict_paths` run did.
+
+    Attributes:
+        written: label files written in this run.
+        skipped: label files that already existed (folder mode resumes).
+        failed: ``(case_id, message)`` of each case that could not be predicted.
+        stats: ``case_id -> kidneyseg.stats.label_statistics`` of every written or skipped case.
+        provenance: the model that predicted (`kidneyseg.formats.pred_dir.provenance`).
+        seconds: wall time of the run.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line: counts of predicted, skipped and failed cases, and the time taken."""
+        per_case = f" ({self.seconds / len(self.written):.1f} s per case)" if self.written else ""
+        return (
+            f"{len(self.written)} predicted, {len(self.skipped)} skipped (already done), "
+            f"{len(self.failed)} failed in {self.seconds:.1f} s{per_case}"
+        )
+
+    def stats_json(self) -> dict[str, Any]:
+        """The ``--stats`` file's content (`kidneyseg.formats.pred_dir.stats_document`)."""
+        return stats_document(self.stats, dict(self.failed), self.provenance)

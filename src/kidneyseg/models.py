@@ -2,13 +2,16 @@
 
 * ``unet_resnet34`` (paper §3): U-Net with an ImageNet-pretrained ResNet34 encoder, from
   segmentation_models_pytorch, 1 input channel (``data.context_slices`` with 2.5D context;
-  3 uses the RGB stem as it is), 1 output logit.
+  3 uses the RGB stem as it is), 1 output logit per output (`phase_config`; 2 for a
+  ``kits`` phase 2).
 * ``unet_plain`` (the paper's baseline, Table 1): a plain 5-level U-Net, two 3x3 convs per
   level, max-pool down, channels doubling, transposed-conv up, skip concatenation.
 
 A checkpoint is one ``.safetensors`` file: tensors only (loading never unpickles), with a JSON
-header entry ``kidneyseg`` holding the resolved config, the phase, the label map, the
-normalisation record and the package version, so the file alone rebuilds its model.
+header entry ``kidneyseg`` holding the resolved config, the phase, the label map, the names of
+the network's outputs (``outputs``, one per channel: ``["tumor", "cyst"]`` for a ``kits`` phase
+2), the normalisation record and the package version, so the file alone rebuilds its model.
+`phase_config` gives a phase the config it trains with (``model.classes`` = its outputs).
 
 Example:
     >>> from kidneyseg.config import ModelConfig
@@ -19,9 +22,8 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from torch import nn
 from kidneyseg.config import Config, ModelConfig, config_from_dict, config_to_dict
 from kidneyseg.errors import KidneysegError
 from kidneyseg.normalization import NormalizationRecord
-from kidneyseg.types import LABEL_NAMES
+from kidneyseg.types import LABEL_NAMES, PHASES, phase_outputs
 from kidneyseg.utils import atomic_path, package_version
 
 CHECKPOINT_FORMAT = "kidneyseg-checkpoint"
@@ -155,6 +157,21 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+def phase_config(cfg: Config, phase: str) -> Config:
+    """``cfg`` with ``model.classes`` set to the phase's number of outputs (`phase_outputs`:
+    kidney 1; tumor one per ``data.tumor_classes`` entry), as the phase trains and records it.
+
+    Example:
+        >>> from kidneyseg.config import resolve_config
+        >>> phase_config(resolve_config("kits"), "tumor").model.classes
+        2
+    """
+    if phase not in PHASES:
+        raise KidneysegError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    classes = len(phase_outputs(phase, cfg.data.tumor_classes))
+    return replace(cfg, model=replace(cfg.model, classes=classes))
+
+
 @dataclass(frozen=True)
 class CheckpointMeta:
     """The JSON header of a checkpoint, parsed and checked.
@@ -171,6 +188,8 @@ class CheckpointMeta:
             `load_checkpoint`, computed there for files written before it existed; "" from
             `read_checkpoint_meta` of such a file. Names these weights wherever they lie
             (the ONNX export cache, `kidneyseg.onnx_backend`).
+        outputs: the network's outputs by name, one per channel (`phase_outputs`; files from
+            before the header recorded them get the config's).
     """
 
     phase: str
@@ -180,6 +199,7 @@ class CheckpointMeta:
     kidneyseg_version: str
     extra: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    outputs: tuple[str, ...] = ("kidney",)
 
 
 #: Header key holding the hash that binds the header to the weights (see `checkpoint_digest`).
@@ -219,13 +239,22 @@ def save_checkpoint(
 ) -> None:
     """Write ``model``'s weights and everything needed to rebuild it, atomically.
 
-    The header carries `checkpoint_digest` of itself and the weights.
+    The header carries `checkpoint_digest` of itself and the weights, and the phase's
+    ``outputs`` (`phase_outputs` of ``cfg``).
 
     Raises:
-        KidneysegError: the file cannot be written (full disk...); nothing is left then.
+        KidneysegError: the file cannot be written (full disk...); nothing is left then; or
+            ``cfg.model.classes`` is not the phase's number of outputs (see `phase_config`).
     """
     from safetensors.torch import save_file
 
+    outputs = phase_outputs(phase, cfg.data.tumor_classes)
+    if cfg.model.classes != len(outputs):
+        raise KidneysegError(
+            f"model.classes={cfg.model.classes} but the {phase} phase has {len(outputs)} "
+            f"output(s) ({', '.join(outputs)}); build the model from phase_config(cfg, phase)",
+            path=path,
+        )
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {
@@ -234,6 +263,7 @@ def save_checkpoint(
         "kidneyseg_version": package_version(),
         "phase": phase,
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+        "outputs": list(outputs),
         "config": config_to_dict(cfg),
         "normalization": normalization.to_dict(),
         **(extra or {}),
@@ -256,6 +286,7 @@ _KNOWN_KEYS = {
     "kidneyseg_version",
     "phase",
     "labels",
+    "outputs",
     "config",
     "normalization",
     DIGEST_KEY,
@@ -320,6 +351,14 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raise KidneysegError(f"checkpoint names an unknown phase {phase!r}", path=p)
     labels = meta.get("labels") or {}
     extra = {k: v for k, v in meta.items() if k not in _KNOWN_KEYS}
+    outputs = phase_outputs(phase, cfg.data.tumor_classes)
+    recorded = meta.get("outputs", list(outputs))  # absent in files from before it was recorded
+    if recorded != list(outputs):
+        raise KidneysegError(
+            f"checkpoint header names outputs {recorded!r} but its config "
+            f"(data.tumor_classes={cfg.data.tumor_classes!r}) gives {list(outputs)!r}",
+            path=p,
+        )
     return CheckpointMeta(
         phase=phase,
         config=cfg,
@@ -328,6 +367,7 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         kidneyseg_version=str(meta.get("kidneyseg_version")),
         extra=extra,
         digest=str(meta.get(DIGEST_KEY) or ""),
+        outputs=outputs,
     )
 
 
@@ -373,7 +413,7 @@ def load_checkpoint(
     header = _header(p)
     _check_weights(p, state, header)
     if not meta.digest:  # written before the digest existed
-        meta = dataclasses.replace(meta, digest=checkpoint_digest(header, state))
+        meta = replace(meta, digest=checkpoint_digest(header, state))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

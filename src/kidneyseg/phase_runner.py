@@ -13,10 +13,12 @@ training sees with ``data.tumor_region=predicted``, so both sides segment exactl
    ``sigmoid > t`` without a sigmoid over every pixel. Only when asked (``probabilities=``, for
    ``predict --save-probabilities``) is the sigmoid taken too, stored as uint8
    ``round(p x 255)`` (`PROBABILITY_SCALE`); the masks are the same either way.
+   A model with several outputs (phase 2 predicting tumor and cyst) is thresholded on its
+   most probable output, which also names the pixel's class (`classify_logits`).
 
 With ``tta`` (``inference.tta``) each batch also runs left-right mirrored (the flip of
-training augmentation), and step 3 works on the logit of the two probabilities' mean
-(`PhaseRunner._logits`).
+training augmentation), and step 3 works on the logit of the two probabilities' mean, each
+output on its own (`PhaseRunner._logits`).
 
 Example:
     >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
@@ -70,6 +72,34 @@ def logit_threshold(threshold: float) -> float:
     return math.log(threshold / (1.0 - threshold))
 
 
+def classify_logits(
+    logits: torch.Tensor, threshold_logit: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks and classes of ``(N, C, H, W)`` logits, one channel per output.
+
+    A pixel is foreground where its most probable output has probability > t, i.e. its highest
+    logit > ``threshold_logit`` (`logit_threshold`; the sigmoid is monotonic), and its class is
+    that output's index, the first one on ties. For phase 2 with tumor and cyst: a mass where
+    max(p_tumor, p_cyst) > t, a tumor where p_tumor >= p_cyst, else a cyst. One output: the
+    mask is ``logit > threshold_logit``, the class 0.
+
+    Returns:
+        bool ``(N, H, W)`` masks and uint8 ``(N, H, W)`` output indices.
+
+    Example:
+        >>> mask, best = classify_logits(torch.tensor([[[[2.0, -1, 1]], [[2.0, -3, 3]]]]), 0.0)
+        >>> mask.tolist(), best.tolist()
+        ([[[True, False, True]]], [[[0, 0, 1]]])
+    """
+    best_logit = logits[:, 0]
+    best = torch.zeros(best_logit.shape, dtype=torch.uint8, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best_logit  # strictly: the first output wins ties
+        best[better] = c
+        best_logit = torch.maximum(best_logit, logits[:, c])
+    return best_logit > threshold_logit, best
+
+
 class PhaseRunner:
     """A phase's network with its checkpoint metadata, ready to segment canonical slices.
 
@@ -108,12 +138,14 @@ class PhaseRunner:
         threshold: float = 0.5,
         tta: bool = False,
     ) -> PhaseRunner:
-        """Load a checkpoint and check it is a 1-logit model of ``phase`` whose input channels
-        are its ``data.context_slices`` (1 = the paper's single slice).
+        """Load a checkpoint and check it is a model of ``phase`` whose input channels are its
+        ``data.context_slices`` (1 = the paper's single slice) and with one logit per output the
+        phase names (`CheckpointMeta.outputs`: 1, or 2 for tumor and cyst).
 
         Raises:
-            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase, or
-                input channels that do not match its context slices.
+            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase,
+                input channels that do not match its context slices, or a network whose
+                outputs differ from those its config names.
         """
         model, meta = load_checkpoint(path, device="cpu")
         if meta.phase != phase:
@@ -129,8 +161,13 @@ class PhaseRunner:
                 f"data.context_slices={data_cfg.context_slices}",
                 path=path,
             )
-        if model_cfg.classes != 1:
-            raise KidneysegError("checkpoint is not a 1-logit model", path=path)
+        if model_cfg.classes != len(meta.outputs):
+            raise KidneysegError(
+                f"checkpoint's network has {model_cfg.classes} outputs but its "
+                f"{phase} phase predicts {len(meta.outputs)} ({', '.join(meta.outputs)}; "
+                f"data.tumor_classes={data_cfg.tumor_classes!r})",
+                path=path,
+            )
         return cls(model, meta, device, precision, batch_size, threshold, tta)
 
     # ---------------------------------------------------------------- properties
@@ -138,6 +175,11 @@ class PhaseRunner:
     @property
     def phase(self) -> str:
         return self.meta.phase
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The network's outputs by name, one per channel (``("tumor", "cyst")``...)."""
+        return self.meta.outputs
 
     @property
     def config(self) -> Config:
@@ -178,13 +220,14 @@ class PhaseRunner:
     # ---------------------------------------------------------------- running
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of a model-size batch ``(n, 1, h, w)``.
+        """Float32 logits ``(n, outputs, h, w)`` of a model-size batch ``(n, channels, h, w)``
+        (channels: ``data.context_slices``).
 
         With ``tta`` the batch runs again mirrored left-right (the last axis: the flip of
         training augmentation, `kidneyseg.augmentation.BatchAugment`), the answer is mirrored
-        back, and the result is the logit of the mean of the two *probabilities*:
-        ``logit((sigmoid(a) + sigmoid(b)) / 2)``, computed in log space so it stays finite
-        where a probability rounds to 0 or 1.
+        back, and the result is, for each output channel on its own, the logit of the mean of
+        the two *probabilities*: ``logit((sigmoid(a) + sigmoid(b)) / 2)``, computed in log space
+        so it stays finite where a probability rounds to 0 or 1.
         """
         with autocast(self.device, self.precision):
             logits = self.model(batch).float()
@@ -220,6 +263,7 @@ class PhaseRunner:
         progress: Callable[[int], object] | None = None,
         box: tuple[int, int, int, int] | None = None,
         probabilities: npt.NDArray[np.uint8] | None = None,
+        best_output: npt.NDArray[np.uint8] | None = None,
         spacing_z: float | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
@@ -234,27 +278,38 @@ class PhaseRunner:
                 slice (grown to its 32-pixel grid, `model_box`); outside it the mask is False.
                 The network is fully convolutional, so a crop with a margin gives the whole
                 slice's answer inside it; ``None`` = the whole slice.
-            probabilities: uint8 ``(len(slices), y, x)`` to fill with the sigmoid
+            probabilities: uint8 ``(len(outputs), len(slices), y, x)`` (or, for a one-output
+                model, ``(len(slices), y, x)``) to fill with each output's sigmoid
                 (`quantize_probability`; 0 outside ``box``). None (the default) skips the
                 sigmoid entirely.
+            best_output: uint8 ``(len(slices), y, x)`` to fill with each pixel's most
+                probable output (index into `outputs`, `classify_logits`; 0 outside ``box``).
             spacing_z: the canonical z spacing (mm) of ``ct``; needed by a 2.5D model
                 (``data.context_slices > 1``), whose neighbours lie ``data.context_mm`` apart.
 
         Returns:
-            bool ``(len(slices), y, x)``.
+            bool ``(len(slices), y, x)``: where the most probable output is above the threshold.
 
         Raises:
-            KidneysegError: bad ``probabilities``, or a 2.5D model without ``spacing_z``.
+            KidneysegError: bad ``probabilities`` or ``best_output``, or a 2.5D model without
+                ``spacing_z``.
         """
         height, width = ct.shape[1:]
         out = np.zeros((len(slices), height, width), dtype=bool)
+        probs = None
         if probabilities is not None:
-            if probabilities.shape != out.shape or probabilities.dtype != np.uint8:
+            probs = probabilities[None] if probabilities.ndim == 3 else probabilities
+            want = (len(self.outputs), *out.shape)
+            if probs.shape != want or probabilities.dtype != np.uint8:
                 raise KidneysegError(
-                    f"probabilities must be uint8 {out.shape} (got {probabilities.dtype} "
+                    f"probabilities must be uint8 {want} (got {probabilities.dtype} "
                     f"{probabilities.shape})"
                 )
-            probabilities[...] = 0
+            probs[...] = 0
+        if best_output is not None:
+            if best_output.shape != out.shape or best_output.dtype != np.uint8:
+                raise KidneysegError(f"best_output must be uint8 {out.shape}")
+            best_output[...] = 0
         if len(slices) == 0:
             return out
         data = self.config.data
@@ -290,22 +345,22 @@ class PhaseRunner:
                 if self.device.type != "mps":
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 logits = self._logits(batch)
-                rows = slice(start, start + len(idx))
+                where: tuple[slice, ...] = (slice(start, start + len(idx)),)
                 if crop is not None and native:
                     y0, y1, x0, x1 = crop
-                    masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                    out[rows, y0:y1, x0:x1] = masks
-                    if probabilities is not None:
-                        probabilities[rows, y0:y1, x0:x1] = quantize_probability(logits[:, 0])
+                    where = (*where, slice(y0, y1), slice(x0, x1))
                 else:
                     if crop is not None:  # back on the whole model-size slice, then resize
-                        canvas = logits.new_full((len(idx), 1, size, size), -1e4)
+                        canvas = logits.new_full((*logits.shape[:2], size, size), -1e4)
                         canvas[..., crop[0] : crop[1], crop[2] : crop[3]] = logits
                         logits = canvas
                     logits = from_model_size(logits, (height, width))
-                    out[rows] = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                    if probabilities is not None:
-                        probabilities[rows] = quantize_probability(logits[:, 0])
+                masks, best = classify_logits(logits, self._logit_threshold)
+                out[where] = masks.cpu().numpy()
+                if best_output is not None:
+                    best_output[where] = best.cpu().numpy()
+                if probs is not None:  # (outputs, slices, y, x)
+                    probs[(slice(None), *where)] = quantize_probability(logits).swapaxes(0, 1)
                 if progress is not None:
                     progress(len(idx))
         return out

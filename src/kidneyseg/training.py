@@ -5,7 +5,8 @@
 ``train.checkpoint_metric = "dice"``), ``last.safetensors``, ``last.ckpt`` (Lightning
 state for ``resume``), ``metrics.csv``, ``curves.png`` (paper Fig. 6) and ``config.json``.
 Validation also measures the phase's Dice (``val_dice``: global over the epoch's validation
-slices, `dice_from_counts`), summed over all processes under DDP.
+slices, `dice_from_counts`; a phase 2 with tumor and cyst outputs pools both outputs' pixel
+counts), summed over all processes under DDP.
 Only global rank 0 writes. A killed run continues from the last finished epoch with
 ``resume=True`` (CLI ``--resume``); raise ``train.epochs`` to extend a finished run.
 
@@ -59,7 +60,7 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.formats import run_dir as rd
 from kidneyseg.loaders import TrainingData, env_rank, prepare_training
 from kidneyseg.losses import build_loss
-from kidneyseg.models import build_model
+from kidneyseg.models import build_model, phase_config
 from kidneyseg.run_recorder import RunRecorder, check_resume_state
 from kidneyseg.utils import package_version
 
@@ -91,7 +92,8 @@ class SegmentationTask(L.LightningModule):
             self.model = torch.compile(self.model)  # type: ignore[assignment]
         self._generator: torch.Generator | None = None
         self._last_step = 0.0
-        #: Validation pixel counts of this process: |P & G|, |P|, |G| (P: logit > 0).
+        #: Validation pixel counts of this process: |P & G|, |P|, |G| (P: logit > 0), summed
+        #: over the outputs (tumor and cyst with ``data.tumor_classes = "tumor,cyst"``).
         self._dice_counts = torch.zeros(3, dtype=torch.long)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,7 +257,8 @@ def train_phase(
         prep_dir: preprocessed folder (``kidneyseg preprocess``).
         run_dir: model folder; this phase writes into ``run_dir/<phase>``.
         phase: ``"kidney"`` or ``"tumor"``.
-        cfg: resolved config (default: the paper's settings).
+        cfg: resolved config (default: the paper's settings); ``model.classes`` is set to the
+            phase's outputs (`kidneyseg.models.phase_config`).
         resume: continue from ``run_dir/<phase>/last.ckpt`` (e.g. after a crash, or with more
             ``train.epochs``).
         kidney_model: phase-1 weights for ``data.tumor_region = "predicted"`` (default
@@ -273,7 +276,8 @@ def train_phase(
         >>> train_phase("prep", "run", "tumor", resolve_config("fast")).best_epoch  # doctest: +SKIP
         6
     """
-    cfg = validate(cfg or Config())
+    # model.classes = the phase's outputs (tumor and cyst: 2), recorded in config and checkpoints.
+    cfg = phase_config(validate(cfg or Config()), phase)
     out = rd.phase_dir(run_dir, phase)
     last_ckpt = out / rd.RESUME_FILE
     trained = (out / rd.BEST_FILE).is_file()

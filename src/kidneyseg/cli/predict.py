@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "CT, otherwise a folder that receives <case_id> in the input's format per case "
             "(a.nrrd -> a.nrrd; DICOM -> a.nii.gz + a.seg.dcm; see --output-format); cases "
             "already there are skipped (one CT's existing output file is refused without "
-            "--overwrite). Labels: 0 background, 1 kidney, 2 tumor, in the input's exact "
-            "geometry. Exit status 1 when some cases of a folder failed (each named on "
-            "stderr; the others are written), 2 on an error."
+            "--overwrite). Labels: 0 background, 1 kidney, 2 tumor (3 cyst from a model "
+            "trained with --preset kits), in the input's exact geometry. Exit status 1 when "
+            "some cases of a folder failed (each named on stderr; the others are written), 2 "
+            "on an error."
         ),
     )
     parser.add_argument("input", help="CT file, DICOM series folder, or folder of cases")
@@ -89,8 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save-probabilities",
         action="store_true",
-        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz beside each "
-        "output: uint8, probability x 255, in the input's geometry",
+        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz (and "
+        "<name>_cyst_prob.nii.gz from a model that predicts cysts) beside each output: uint8, "
+        "probability x 255, in the input's geometry",
     )
     parser.add_argument(
         "--tta",

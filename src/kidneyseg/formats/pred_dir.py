@@ -1,7 +1,8 @@
 """Prediction outputs (``kidneyseg predict``): label maps and the ``--stats`` file.
 
 * Folder mode writes ``PRED_DIR/<case_id><suffix>``: uint8 labels 0 background, 1 kidney,
-  2 tumor, in the input's exact geometry. The suffix follows ``--output-format``
+  2 tumor, and 3 cyst when phase 2 predicts cysts (``data.tumor_classes = "tumor,cyst"``, the
+  ``kits`` preset), in the input's exact geometry. The suffix follows ``--output-format``
   (`OUTPUT_FORMATS`, `label_suffix`): by default (``auto``) the input's own format (``.nrrd``
   in, ``.nrrd`` out; ``.nhdr``/``.mhd`` give ``.nrrd``/``.mha``), ``.nii.gz`` for DICOM input.
   One CT writes to the path given.
@@ -17,12 +18,14 @@
   Runtime ran it; NIfTI ``descrip``). The provenance also says ``backend`` (torch or onnx).
 * DICOM input: ``<name>.seg.dcm`` (`seg_path`), a DICOM Segmentation (`kidneyseg.dicom_seg`),
   unless ``--output-format`` names a label-file format (`writes_seg`).
-* ``--save-probabilities``: ``<name>_kidney_prob.nii.gz`` and ``<name>_tumor_prob.nii.gz``
-  (`probability_path`) beside the label file, in its geometry: uint8, value =
+* ``--save-probabilities``: ``<name>_kidney_prob.nii.gz`` and ``<name>_tumor_prob.nii.gz``,
+  and ``<name>_cyst_prob.nii.gz`` when phase 2 predicts cysts (`probability_path`; one file
+  per network output) beside the label file, in its geometry: uint8, value =
   ``round(probability x 255)`` (`PROBABILITY_SCALE`; divide by 255 to get it back). Phase 1's
   probability is 0 where it did not run (fast mode: outside the kidney boxes); phase 2's is 0
-  outside the region it ran on (slices without kidney, voxels outside the kidney region). Same
-  header description as the label file.
+  outside the region it ran on (slices without kidney, voxels outside the kidney region), and so
+  is the cyst probability. A voxel is a mass where max(tumor, cyst) > the threshold, a tumor
+  where tumor >= cyst. Same header description as the label file.
 
 Example:
     >>> output_path("pred", "case_00001").as_posix()
@@ -60,8 +63,10 @@ STATS_FORMAT_VERSION = 2
 SEG_SUFFIX = ".seg.dcm"
 #: Probability files hold uint8 ``round(p * PROBABILITY_SCALE)``.
 PROBABILITY_SCALE = 255
-#: ``<name>_<phase>_prob.nii.gz`` (always NIfTI, whatever the label file's format).
+#: ``<name>_<output>_prob.nii.gz`` (always NIfTI, whatever the label file's format).
 PROBABILITY_SUFFIX = "_prob.nii.gz"
+#: The outputs that can have a probability file: phase 1, phase 2's tumor and cyst.
+PROBABILITY_OUTPUTS = ("kidney", "tumor", "cyst")
 
 
 def output_path(pred_dir: str | Path, case_id: str, suffix: str = OUTPUT_SUFFIX) -> Path:
@@ -128,15 +133,34 @@ def seg_path(label_path: str | Path) -> Path:
     return stem.with_name(stem.name + SEG_SUFFIX)
 
 
-def probability_path(label_path: str | Path, phase: str) -> Path:
-    """Where ``--save-probabilities`` writes a phase's probability map.
+def probability_path(label_path: str | Path, output: str) -> Path:
+    """Where ``--save-probabilities`` writes an output's probability map (``output``:
+    ``kidney``, ``tumor`` or ``cyst``).
 
     Example:
         >>> probability_path("out/ct.nii.gz", "tumor").as_posix()
         'out/ct_tumor_prob.nii.gz'
     """
     stem = _stem(label_path)
-    return stem.with_name(f"{stem.name}_{phase}{PROBABILITY_SUFFIX}")
+    return stem.with_name(f"{stem.name}_{output}{PROBABILITY_SUFFIX}")
+
+
+def probability_owner(path: str | Path) -> Path | None:
+    """The label file a probability file (`probability_path`) belongs to, or None when the
+    name is not one (a reader of a prediction folder skips a file whose owner is there).
+
+    Example:
+        >>> probability_owner("pred/case_00001_cyst_prob.nii.gz").as_posix()
+        'pred/case_00001.nii.gz'
+        >>> probability_owner("pred/case_00001.nii.gz") is None
+        True
+    """
+    p = Path(path)
+    for output in PROBABILITY_OUTPUTS:
+        suffix = f"_{output}{PROBABILITY_SUFFIX}"
+        if p.name.endswith(suffix) and len(p.name) > len(suffix):
+            return p.with_name(p.name[: -len(suffix)] + OUTPUT_SUFFIX)
+    return None
 
 
 def provenance(model_id: str, model: str, device: str, precision: str) -> dict[str, str]:
