@@ -76,12 +76,21 @@ def _digest(obj: Any) -> str:
 
 
 def training_keys(cfg: Config) -> tuple[str, str]:
-    """Digests of what each phase's training reads: ``(kidney, tumor)``."""
+    """Digests of what each phase's training reads: ``(kidney, tumor)``.
+
+    Only the settings that differ from the ``fast`` preset count, so a package version that
+    adds a key (at its default) still finds the models an earlier version trained."""
+    default = dataclasses.asdict(resolve_config("fast"))
     d = dataclasses.asdict(cfg)
-    trained = {k: d[k] for k in ("preprocess", "data", "model", "train")}
-    kidney = json.loads(json.dumps(trained, default=str))
-    for key in TUMOR_ONLY | TUMOR_ONLY_ANY:
-        kidney["data"].pop(key, None)
+    trained = {
+        f"{section}.{key}": value
+        for section in ("preprocess", "data", "model", "train")
+        for key, value in d[section].items()
+        if default[section].get(key) != value
+    }
+    kidney = {
+        k: v for k, v in trained.items() if k.split(".")[1] not in TUMOR_ONLY | TUMOR_ONLY_ANY
+    }
     return _digest(kidney), _digest(trained)
 
 
