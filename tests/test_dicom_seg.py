@@ -188,3 +188,24 @@ def test_predict_dicom_writes_nifti_seg_and_stats_that_agree(tmp_path: Path) -> 
     seg_only = Predictor(run, device="cpu", progress=False, output_format="dicom-seg")
     with pytest.raises(KidneysegError, match="needs a DICOM series"):
         seg_only.predict_file(write_volume(volume, tmp_path / "ct.nii.gz"), tmp_path / "m.nii.gz")
+
+
+def test_series_without_patient_and_study_attributes_gets_a_seg(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Anonymised series may lack type-2 patient/study attributes; the SEG leaves them empty."""
+    src = tmp_path / "anon"
+    src.mkdir()
+    removed = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID")
+    for f in series_files(shared_data / "dcmqi_ct3slice" / "ct-3slice"):
+        ds = pydicom.dcmread(f)
+        for keyword in removed:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(src / f.name)
+    ct = read_image(src)
+    labels = _labels(ct)
+    seg = pydicom.dcmread(write_dicom_seg(labels, src, tmp_path / "ct.seg.dcm", PROV))
+    assert seg.PatientID == "" and str(seg.PatientName) == ""
+    assert [s.SegmentLabel for s in seg.SegmentSequence][:2] == ["Kidney", "Kidney tumor"]
+    _check_agreement(seg, labels, series_files(src))

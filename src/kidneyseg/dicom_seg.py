@@ -70,6 +70,21 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _UID_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
 
+#: Patient and study attributes the SEG copies from its source (type 2: present, maybe empty).
+#: Anonymised series often lack them; highdicom then fails, so they are added empty.
+_PATIENT_STUDY_TAGS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
 class BlankUIDWarning(UserWarning):
     """The source series had blank UIDs; the SEG references generated ones."""
 
@@ -85,6 +100,9 @@ def _source_datasets(files: list[Path]) -> list[Any]:
             del ds.SpecificCharacterSet  # blank = the default repertoire (highdicom refuses '')
         if not str(ds.get("SOPClassUID", "")).strip():
             ds.SOPClassUID = CT_IMAGE_STORAGE  # blanked too; the series was read as CT
+        for keyword in _PATIENT_STUDY_TAGS:  # type 2: may be empty, must be there for highdicom
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     blank = sorted({t for ds in datasets for t in _UID_TAGS if not str(ds.get(t, "")).strip()})
     if blank:
         # Derived from the headers, so one series always gets the same UIDs.
