@@ -29,6 +29,7 @@ else:  # Python 3.10: the same parser from PyPI (a dependency there, see pyproje
     import tomli as tomllib
 
 from kidneyseg.errors import KidneysegError
+from kidneyseg.planes import check_plane_settings
 from kidneyseg.utils import atomic_write_text
 
 
@@ -82,6 +83,9 @@ class DataConfig:
     extra_cases: str = ""
     #: Fraction of each epoch's slices drawn from ``extra_cases`` (the rest from the main ones).
     extra_weight: float = 0.25
+    #: Slicing planes, one model each (the paper's future work), e.g. "axial,coronal,sagittal";
+    #: each gets the whole budget (epochs x samples of its own plane; README "Planes").
+    planes: str = "axial"
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,8 @@ class InferenceConfig:
     coarse_step_mm: float = 10.0
     #: Fast mode: margin (mm) kept around the kidneys found, in-plane and along the axial axis.
     crop_margin_mm: float = 30.0
+    #: Plane models averaged: "all" the model folder has, or a list ("axial": fast mode's).
+    planes: str = "all"
 
 
 @dataclass(frozen=True)
@@ -402,6 +408,7 @@ def validate(cfg: Config) -> Config:
         f"inference.precision must be auto, fp32, bf16 or fp16 (got {cfg.inference.precision!r})",
     )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
+    check_plane_settings(d.planes, cfg.inference.planes)
     return cfg
 
 

@@ -49,6 +49,7 @@ from kidneyseg.formats.pred_dir import (
     write_stats,
 )
 from kidneyseg.formats.run_dir import model_id, require_best_checkpoint
+from kidneyseg.fusion import load_plane_runners, segment_planes, select_planes
 from kidneyseg.hardware import resolve_device, use_all_cores
 from kidneyseg.inputs import (
     InputCase,
@@ -58,7 +59,6 @@ from kidneyseg.inputs import (
     plan_prediction,
 )
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
-from kidneyseg.localization import segment_cascade
 from kidneyseg.model_package import open_model
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.postprocessing import postprocess
@@ -170,6 +170,7 @@ class Predictor:
             kidney = PhaseRunner.load(require_best_checkpoint(folder, "kidney"), "kidney")
             tumor = PhaseRunner.load(require_best_checkpoint(folder, "tumor"), "tumor")
             identity = model_id(folder)
+            others = load_plane_runners(folder)  # coronal / sagittal models (kidneyseg.fusion)
         self.config = _predict_config(kidney.config, config_file, overrides)
         inference = self.config.inference
         self.device = resolve_device(inference.device if device is None else device)
@@ -177,9 +178,10 @@ class Predictor:
         if self.batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {self.batch_size})")
         self.progress = progress
-        for runner in (kidney, tumor):
+        for runner in (kidney, tumor, *(r for plane in others.values() for r in plane.values())):
             runner.configure(self.device, inference.precision, self.batch_size, inference.threshold)
         self.phases = {"kidney": kidney, "tumor": tumor}
+        self.planes = select_planes(self.phases, others, inference)
         if output_format not in (None, *OUTPUT_FORMATS):
             raise KidneysegError(
                 f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}"
@@ -231,11 +233,8 @@ class Predictor:
             (`kidneyseg.localization.segment_cascade`).
         """
         update = None if bar is None else bar.update
-        kidney, tumor = self.phases["kidney"], self.phases["tumor"]
-        settings = self.config.inference
-        return segment_cascade(
-            kidney, tumor, ct, spacing, settings, update, kidney_prob, tumor_prob
-        )
+        settings = self.config.inference  # with plane models: their mean (kidneyseg.fusion)
+        return segment_planes(self.planes, ct, spacing, settings, update, kidney_prob, tumor_prob)
 
     def _predict(
         self, volume: Volume, source: str | Path | None, probabilities: bool = False
