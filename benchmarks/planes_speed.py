@@ -66,12 +66,15 @@ def time_mode(predictor: Predictor, ct: np.ndarray, spacing: Any) -> dict[str, A
                 passes[key] += len(a[0])
 
             hooks.append(runner.model.register_forward_pre_hook(count))
+    cyst = np.zeros(ct.shape, bool) if predictor.predicts_cysts else None  # kits models
     start = time.perf_counter()
-    kidney, tumor, _ = predictor.segment_canonical(ct, spacing)
+    kidney, tumor, _ = predictor.segment_canonical(ct, spacing, None, None, None, cyst)
     seconds = time.perf_counter() - start
     for hook in hooks:
         hook.remove()
     labels = np.where(tumor & kidney, 2, kidney.astype(np.uint8))
+    if cyst is not None:
+        labels[cyst & kidney] = 3
     return {"seconds": seconds, "passes": passes, "labels": labels}
 
 

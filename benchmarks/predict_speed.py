@@ -5,10 +5,13 @@ as ``.nii.gz``; each mode is timed from reading the file to writing the label ma
 
 * ``naive``: phase 1 on every whole axial slice, phase 2 on every slice with kidney (the paper's
   cascade as written);
-* ``fast``: a coarse pass finds the kidneys, both phases run only on crops around them
-  (`kidneyseg.localization`, ``inference.mode = "fast"``, the default).
+* ``fast``: a coarse pass finds the kidneys, both phases run only around them
+  (`kidneyseg.localization`, ``inference.mode = "fast"``): on whole slices over the kidneys'
+  axial range (``inference.fast_crop = "axial"``, the default) or on in-plane boxes too
+  (``--set inference.fast_crop=box``).
 
-Models: ``--model RUN_DIR`` (trained; then the Dice between the two label maps is reported), or
+Models: ``--model RUN_DIR`` (trained, with or without cysts (``--preset fast,kits``); then the
+Dice between the two label maps is reported), or
 random-weight ResNet34 U-Nets at ``--image-size`` (the paper's 512 px by default). Random
 weights find "kidney" anywhere, so they time the naive path honestly but say nothing about the
 fast path's gain: give trained models for that. With ``--naive-slices N`` the naive path runs
@@ -88,12 +91,16 @@ def run_mode(
         ct = ct[zs]
     spacing = volume.canonical_spacing
     t0 = time.perf_counter()
-    kidney, tumor, region = predictor.segment_canonical(ct, spacing)
+    # A phase 2 trained with tumor and cyst (--preset fast,kits) fills a cyst mask too.
+    cyst = np.zeros(ct.shape, bool) if predictor.predicts_cysts else None
+    kidney, tumor, region = predictor.segment_canonical(ct, spacing, cyst=cyst)
     if cuda:
         torch.cuda.synchronize()
     t["cascade_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    labels = postprocess(kidney, tumor, spacing, predictor.config.postprocess, region=region)
+    labels = postprocess(
+        kidney, tumor, spacing, predictor.config.postprocess, region=region, cyst=cyst
+    )
     t["postprocess_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if zs is None:
@@ -115,6 +122,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--naive-slices", type=int, default=0, help="extrapolate naive from N")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed")
+    parser.add_argument(
+        "--ct", type=Path, default=None, help="time this CT file instead of a phantom"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument(
         "--set",
@@ -124,7 +134,7 @@ def main() -> None:
         help="inference.*/postprocess.* override for both modes, e.g. inference.crop_margin_mm=60",
     )
     args = parser.parse_args()
-    shape = tuple(int(v) for v in args.shape.lower().split("x"))
+    shape: tuple[int, ...] = tuple(int(v) for v in args.shape.lower().split("x"))
     if len(shape) != 3:
         raise SystemExit("--shape needs three numbers, e.g. 300x512x512")
     if args.threads:
@@ -132,8 +142,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
-        case = write_cohort(tmp / "ct", cases=1, seed=args.seed, shape=shape, workers=1)[0]
-        print(f"phantom {shape} written in {time.perf_counter() - t0:.1f} s: {case.image}")
+        if args.ct is not None:
+            image, label = args.ct, None
+            shape = read_image(image).to_canonical().shape
+            print(f"CT {image}: canonical {shape}")
+        else:
+            case = write_cohort(tmp / "ct", cases=1, seed=args.seed, shape=shape, workers=1)[0]
+            image, label = case.image, case.label
+            print(f"phantom {shape} written in {time.perf_counter() - t0:.1f} s: {image}")
         run = args.model or make_run(tmp / "run", args.image_size)
         results: dict[str, dict[str, Any]] = {}
         for mode in ("fast", "naive"):
@@ -147,15 +163,17 @@ def main() -> None:
             if args.threads:
                 torch.set_num_threads(args.threads)
             warm = np.full((1, *shape[1:]), 40, np.int16)
-            predictor.phases["kidney"].segment(warm, np.arange(1))
+            predictor.phases["kidney"].segment(warm, np.arange(1), spacing_z=1.0)  # warm-up
             zs = None
             if mode == "naive" and args.naive_slices:
-                gt = read_image(case.label).to_canonical()
+                if label is None:
+                    raise SystemExit("--naive-slices needs a phantom (it centres on its kidneys)")
+                gt = read_image(label).to_canonical()
                 mid = int(np.flatnonzero(gt.any(axis=(1, 2))).mean())
                 zs = slice(max(0, mid - args.naive_slices // 2), mid + args.naive_slices // 2)
-            res = run_mode(predictor, case.image, tmp / f"{mode}.nii.gz", zs)
-            if zs is None:  # the phantom's own labels: is either mode more accurate?
-                gt = read_image(case.label).to_canonical()
+            res = run_mode(predictor, image, tmp / f"{mode}.nii.gz", zs)
+            if zs is None and label is not None:  # the phantom's labels: which mode is closer?
+                gt = read_image(label).to_canonical()
                 res["dice_vs_reference"] = {
                     "kidney": round(dice(res["labels"] > 0, gt > 0), 4),
                     "tumor": round(dice(res["labels"] == 2, gt == 2), 4),
@@ -185,6 +203,8 @@ def main() -> None:
         "image_size": image_size,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "fast_crop": predictor.config.inference.fast_crop,
+        "ct": str(args.ct) if args.ct else "phantom",
         "model": str(args.model) if args.model else f"random ResNet34 U-Net {args.image_size} px",
         "naive_s": round(naive["times"]["total_s"], 2),
         "fast_s": round(fast["times"]["total_s"], 2),

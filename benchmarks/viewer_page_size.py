@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from kidneyseg.geometry import CanonicalGeometry
 from kidneyseg.io import read_volume
-from kidneyseg.measures import CanonicalGeometry
 from kidneyseg.types import KIDNEY, TUMOR
 from kidneyseg.viewer import in_plane_factor, viewer_html
 

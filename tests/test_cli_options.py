@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,15 +35,44 @@ def test_every_subcommand_takes_debug() -> None:
 
 
 def test_sources_parse_as_the_oldest_supported_python() -> None:
-    """``requires-python`` names the oldest Python whose grammar every module must parse in,
-    and a stdlib module newer than it needs its PyPI fallback declared."""
+    """``requires-python`` names the oldest Python whose grammar every module must parse in."""
+    for path in sorted((ROOT / "src" / "kidneyseg").rglob("*.py")):
+        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=_floor())
+
+
+def _floor() -> tuple[int, int]:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     found = re.search(r'^requires-python = ">=3\.(\d+)"', pyproject, re.M)
     assert found, "requires-python must read >=3.N"
-    minor = int(found.group(1))
-    for path in sorted((ROOT / "src" / "kidneyseg").rglob("*.py")):
-        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, minor))
-    if minor < 11:
-        config = (ROOT / "src" / "kidneyseg" / "config.py").read_text(encoding="utf-8")
-        assert "import tomli as tomllib" in config
-        assert "\"tomli>=1.1; python_version < '3.11'\"" in pyproject
+    return 3, int(found.group(1))
+
+
+def test_requires_python_is_what_is_tested_and_no_tomli() -> None:
+    """The floor is no newer than the Python running the tests (CI: Debian's 3.11), and the
+    code needs nothing below it: ``tomllib`` is used directly, no ``tomli`` backport, and the
+    tools check against the same version."""
+    floor = _floor()
+    assert floor <= sys.version_info[:2], (
+        f"requires-python >={floor} but tests run on {sys.version}"
+    )
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert "tomli" not in pyproject
+    assert f'python_version = "{floor[0]}.{floor[1]}"' in pyproject  # mypy
+    assert f'target-version = "py{floor[0]}{floor[1]}"' in pyproject  # ruff
+    for folder in ("src", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+            imported = {
+                a.name.split(".")[0]
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Import)
+                for a in n.names
+            }
+            imported |= {
+                (n.module or "").split(".")[0]
+                for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom)
+            }
+            assert "tomli" not in imported, f"{path} imports tomli"
+    config = (ROOT / "src" / "kidneyseg" / "config_files.py").read_text(encoding="utf-8")
+    assert "\nimport tomllib\n" in config and "version_info" not in config

@@ -94,9 +94,9 @@ def test_plain_folder_shards(
         write_volume(_ct(), tmp_path / "in" / f"{name}.mha")
     out = tmp_path / "out"
     assert _predict(tmp_path / "in", out, "--model", run_dir, "--shard", "2/2") == 0
-    assert _files(out) == ["p2.nii.gz"]
+    assert _files(out) == ["p2.mha"]  # folder mode keeps each input's format
     assert _predict(tmp_path / "in", out, "--model", run_dir, "--shard", "1/2") == 0
-    assert _files(out) == ["p1.nii.gz", "p2.nii.gz", "p3.nii.gz"]
+    assert _files(out) == ["p1.mha", "p2.mha", "p3.mha"]
     capsys.readouterr()
     for bad in ("3/2", "0/1", "half"):
         assert _predict(tmp_path / "in", out, "--model", run_dir, "--shard", bad) == 2
@@ -248,5 +248,38 @@ def test_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
-    for option in ("--model", "--device", "--batch-size", "--shard", "--stats", "--overwrite"):
+    for option in (
+        "--model",
+        "--device",
+        "--batch-size",
+        "--shard",
+        "--stats",
+        "--overwrite",
+        "--tta",
+    ):
         assert option in text
+
+
+def test_tta_flag_reaches_both_phases(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kidneyseg.phase_runner import PhaseRunner
+
+    seen: list[bool] = []
+    configure = PhaseRunner.configure
+
+    def spy(self: PhaseRunner, *args: object, **kwargs: object) -> PhaseRunner:
+        runner = configure(self, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(runner.tta)
+        return runner
+
+    monkeypatch.setattr(PhaseRunner, "configure", spy)
+    src = write_volume(_ct(), tmp_path / "ct.nrrd")
+    for flags, expected in (((), False), (("--tta",), True)):
+        out = tmp_path / f"labels_{expected}.nii.gz"
+        assert _predict(src, out, "--model", run_dir, *flags) == 0
+        # The last configuration of each phase is the one prediction runs with.
+        assert seen[-2:] == [expected, expected]
+        np.testing.assert_array_equal(
+            read_labels(out).array, expected_labels(read_image(src).array)
+        )

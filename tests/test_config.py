@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ def test_defaults_are_the_paper_settings() -> None:
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr) == (128, 100, 1e-3)
     assert cfg.data.kidney_window == (0.0, 200.0) and cfg.data.image_size == 512
     assert cfg.model.architecture == "unet_resnet34"
+    # Issue 12's switches are off: best by val loss, no TTA, no component filter.
+    assert cfg.train.checkpoint_metric == "loss" and cfg.inference.tta is False
+    assert cfg.postprocess.kidney_components == 0
 
 
 def test_fast_preset_applies_its_values() -> None:
@@ -65,7 +69,13 @@ def test_precedence_defaults_file_set(tmp_path: Path, suffix: str) -> None:
         ("train.loss=dice", "train.loss must be bce or bce_dice"),
         ("train.lr_schedule=step", "train.lr_schedule must be constant or cosine"),
         ("inference.precision=fp8", "inference.precision must be auto"),
+        ("train.checkpoint_metric=f1", "train.checkpoint_metric must be loss or dice"),
+        ("postprocess.kidney_components=-1", "postprocess.kidney_components must be >= 0"),
+        ("postprocess.kidney_components=1.5", "expected int"),
+        ("inference.tta=sometimes", "expected bool"),
         ("trainlr=1", "use section.key=value"),
+        ("data.tumor_classes=cyst", "data.tumor_classes must be tumor"),
+        ("data.tumor_classes=cyst,tumor", "data.tumor_classes must be tumor"),
     ],
 )
 def test_bad_values_are_clear_errors(override: str, message: str) -> None:
@@ -91,3 +101,18 @@ def test_dump_and_rebuild(tmp_path: Path) -> None:
     stored = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert stored["kidneyseg_version"] == "0.1.0"
     assert config_from_dict(stored["config"]) == cfg
+
+
+def test_kits_preset_and_composed_presets() -> None:
+    assert Config().data.tumor_classes == "tumor"  # the paper: phase 2 predicts tumor alone
+    assert "tumor_classes" not in PRESETS["fast"].get("data", {})  # fast stays tumor-only
+    kits = resolve_config("kits")
+    assert kits.data.tumor_classes == "tumor,cyst"
+    assert kits == replace(Config(), data=replace(Config().data, tumor_classes="tumor,cyst"))
+    # Presets compose left to right: the fast settings, and phase 2 with cysts.
+    fast_kits = resolve_config("fast,kits")
+    assert fast_kits == resolve_config("fast", overrides=["data.tumor_classes=tumor,cyst"])
+    assert resolve_config("kits, fast") == fast_kits  # no key in common: order is free here
+    assert fast_kits.data.image_size == 128 and fast_kits.train.loss == "bce_dice"
+    with pytest.raises(KidneysegError, match="unknown preset 'nope'.*fast,kits"):
+        resolve_config("fast,nope")

@@ -15,11 +15,13 @@ import torch
 
 from kidneyseg.augmentation import BatchAugment
 from kidneyseg.config import DataConfig
-from kidneyseg.dataset import ForegroundSampler, SliceDataset, phase_norm_record
+from kidneyseg.dataset import _REGION_LUT, ForegroundSampler, SliceDataset, phase_norm_record
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import open_prep_dir
-from kidneyseg.normalization import NormalizationRecord, hu_histogram
-from kidneyseg.regions import predict_kidney_regions
+from kidneyseg.normalization import NormalizationRecord, expand_region, hu_histogram, normalize
+from kidneyseg.regions import predict_kidney_regions, region_files
+from kidneyseg.resize import to_model_size
+from kidneyseg.types import MAX_LABEL
 
 KIDNEY_HU, TUMOR_HU, CYST_HU, BODY_HU = 180, 70, 10, 40
 
@@ -270,3 +272,108 @@ def test_predicted_regions_cache(prep, tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "tumor.safetensors", model, cfg, "tumor", norm)
     with pytest.raises(KidneysegError, match="phase-1"):
         predict_kidney_regions(prep, cases, tmp_path / "tumor.safetensors", out)
+
+
+def _single_slice_item(ds: SliceDataset, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`SliceDataset.__getitem__` as it was before 2.5D context: the reference for k = 1."""
+    case_index, z = (int(v) for v in ds.items[i])
+    image, label, region = ds._arrays(case_index)
+    hu = np.asarray(image[z])
+    labels = np.minimum(np.asarray(label[z]), MAX_LABEL)
+    mask = None
+    if ds.phase == "tumor":
+        mask = np.asarray(region[z]) if region is not None else _REGION_LUT[labels]
+        mask = expand_region(mask, ds._spacing_yx[case_index], ds.margin_mm)
+    x = torch.from_numpy(normalize(hu, ds.normalization, region=mask))[None, None]
+    y = torch.from_numpy(ds._target_lut[:, labels])[None]  # one channel per output
+    if x.shape[-2:] != (ds.size, ds.size):
+        x = to_model_size(x, ds.size)
+        y = (to_model_size(y, ds.size) > 0.5).float()
+    return x[0], y[0]
+
+
+def test_one_context_slice_is_bit_identical_to_the_single_slice_input(prep, tmp_path: Path) -> None:
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    rng = np.random.default_rng(1)
+    for case_id in prep.split.train:
+        shape = np.load(prep.case_dir(case_id) / "image.npy", mmap_mode="r").shape
+        region = (rng.random(shape) > 0.7).astype(np.uint8)
+        region[:2] = 0  # some slices without a region
+        region_path, slices_path = region_files(regions, case_id)
+        np.save(region_path, region)
+        np.save(slices_path, region.reshape(len(region), -1).sum(1))
+    settings = [
+        ("kidney", DataConfig(image_size=32), None),
+        ("kidney", DataConfig(image_size=64, kidney_window=(20, 45)), None),
+        ("tumor", DataConfig(image_size=32), None),
+        ("tumor", DataConfig(image_size=64, region_margin_mm=2.0), None),
+        ("tumor", DataConfig(image_size=32, tumor_classes="tumor,cyst"), None),  # 2 outputs
+        ("tumor", DataConfig(image_size=32, tumor_region="predicted"), regions),
+        (
+            "tumor",
+            DataConfig(image_size=64, tumor_region="predicted", tumor_window=(0, 255)),
+            regions,
+        ),
+    ]
+    for phase, cfg, regions_dir in settings:
+        ds = SliceDataset(prep, prep.split.train, phase, cfg, regions_dir=regions_dir)
+        assert len(ds) > 0
+        for i in range(len(ds)):
+            image, target = ds[i]
+            old_image, old_target = _single_slice_item(ds, i)
+            assert torch.equal(image, old_image), (phase, cfg, i)
+            assert torch.equal(target, old_target), (phase, cfg, i)
+
+
+def test_context_items_have_k_channels_each_masked_by_its_own_region(prep) -> None:
+    # The prep's z spacing is 3 mm, so 3 mm context channels are whole neighbouring slices.
+    assert prep.spacing_mm("case_00000")[0] == 3.0
+    volume = np.load(prep.case_dir("case_00000") / "image.npy").astype(np.float64)
+    label = np.load(prep.case_dir("case_00000") / "label.npy")
+    cfg = DataConfig(image_size=64, context_slices=3, context_mm=3.0)
+    kidney = SliceDataset(prep, ["case_00000"], "kidney", cfg)
+    z = 5
+    image, target = kidney[z]
+    assert image.shape == (3, 64, 64) and target.shape == (1, 64, 64)
+    norm = kidney.normalization
+    for j, dz in enumerate((-1, 0, 1)):
+        assert norm.window is not None
+        expected = (np.clip(volume[z + dz], *norm.window) - norm.mean) / norm.std
+        np.testing.assert_allclose(image[j].numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(target[0].numpy(), label[z] > 0)
+    resized = SliceDataset(
+        prep, ["case_00001"], "kidney", DataConfig(image_size=32, context_slices=5)
+    )
+    assert resized[3][0].shape == (5, 32, 32) and resized[3][1].shape == (1, 32, 32)
+    # Phase 2 on the kidney's first slice (z = 3): below it there is no kidney, so channel 0
+    # is all background; above it, the slice is masked by its own region, not the centre's.
+    tumor = SliceDataset(prep, ["case_00000"], "tumor", cfg)
+    i = int(np.flatnonzero(tumor.items[:, 1] == 3)[0])
+    image, target = tumor[i]
+    tnorm = tumor.normalization
+    background = (0 - tnorm.mean) / tnorm.std
+    np.testing.assert_allclose(image[0].numpy(), background, rtol=1e-5)
+    for j, zz in ((1, 3), (2, 4)):
+        expected = (volume[zz] * (label[zz] > 0) - tnorm.mean) / tnorm.std
+        np.testing.assert_allclose(image[j].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert ((label[4] > 0) != (label[3] > 0)).any()  # the two regions differ: a real check
+    np.testing.assert_array_equal(target[0].numpy(), label[3] == 2)
+
+
+def test_augment_moves_every_channel_alike() -> None:
+    aug = BatchAugment(DataConfig(noise_std=0.0, rotation_degrees=30, crop_scale=(0.6, 1.0)))
+    image = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    target = (image[:, 1:2] > 0.5).float()
+    ai, at = aug(image, target, torch.Generator().manual_seed(0))
+    assert ai.shape == (4, 3, 32, 32) and at.shape == (4, 1, 32, 32)
+    for c in range(3):
+        alone, alone_target = aug(image[:, c : c + 1], target, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(ai[:, c : c + 1], alone, rtol=0, atol=1e-6)
+        assert torch.equal(alone_target, at)
+    noisy = BatchAugment(
+        DataConfig(rotation_degrees=0, flip_probability=0, crop_scale=(1, 1), noise_std=0.5)
+    )
+    ni, _ = noisy(image, target, torch.Generator().manual_seed(0))
+    noise = ni - image
+    assert 0.4 < noise.std() < 0.6 and not torch.equal(noise[:, 0], noise[:, 1])

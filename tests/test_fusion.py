@@ -35,17 +35,20 @@ FP32 = ["inference.precision=fp32"]
 class FakeRunner:
     """Fills each plane slice's probability with ``fill(slice index)`` (0..255)."""
 
+    outputs = ("tumor",)
+
     def __init__(self, fill: Callable[[npt.NDArray[np.intp]], npt.NDArray[np.int64]]) -> None:
         self.fill = fill
         self.batch_size = 4
         self.config = resolve_config()
-        self.calls: list[tuple[tuple[int, ...], object]] = []
+        self.calls: list[tuple[tuple[int, ...], object, float | None]] = []
 
-    def segment(self, ct, slices, region=None, progress=None, box=None, probabilities=None):  # noqa: ANN001, ANN201
-        assert probabilities is not None and probabilities.shape == (len(slices), *ct.shape[1:])
-        self.calls.append((tuple(int(i) for i in slices), region))
-        probabilities[...] = self.fill(np.asarray(slices))[:, None, None]
-        return probabilities > 127
+    def segment(self, ct, slices, region=None, progress=None, probabilities=None, spacing_z=None):  # noqa: ANN001, ANN201
+        want = (1, len(slices), *ct.shape[1:])
+        assert probabilities is not None and probabilities.shape == want
+        self.calls.append((tuple(int(i) for i in slices), region, spacing_z))
+        probabilities[...] = self.fill(np.asarray(slices))[None, :, None, None]
+        return probabilities[0] > 127
 
 
 def _below(limit: int | None) -> FakeRunner:
@@ -85,6 +88,10 @@ def test_fusion_is_the_mean_of_the_planes() -> None:
         ran = sorted(i for call in runner.calls for i in call[0])
         assert ran == slices_with(kidney, PlaneGrid(plane, SHAPE, SPACING)).tolist()
         assert all(call[1] is not None for call in runner.calls)
+    # A 2.5D model's neighbours lie along the plane's slicing axis: its spacing is passed.
+    for plane, runner in kidney_runners.items():
+        axis = PlaneGrid(plane, SHAPE, SPACING).axis
+        assert {call[2] for call in runner.calls} == {SPACING[axis]}
     # Mean of 255, 255 and 0 inside the region, 0 outside it.
     np.testing.assert_array_equal(t_prob, np.where(kidney, 170, 0))
     np.testing.assert_array_equal(tumor, kidney)

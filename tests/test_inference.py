@@ -279,6 +279,30 @@ def test_min_component_override_removes_specks(model_dir: Path) -> None:
     np.testing.assert_array_equal(cleaned[1:], plain.to_canonical()[1:])  # big blocks stay
 
 
+def test_tta_and_kidney_components_at_prediction_time(model_dir: Path) -> None:
+    canonical = phantom_canonical()
+    canonical[0, 30, 30] = 150  # a third, one-voxel "kidney", apart from the two real ones
+    volume = volume_from_canonical(canonical)
+    plain = Predictor(model_dir, device="cpu", progress=False)
+    tuned = Predictor(
+        model_dir,
+        device="cpu",
+        progress=False,
+        overrides=["inference.tta=true", "postprocess.kidney_components=2"],
+    )
+    assert all(r.tta for r in tuned.phases.values())
+    assert not any(r.tta for r in plain.phases.values())
+    labels, kidney_prob, tumor_prob = tuned.predict_probabilities(volume)
+    expected = expected_labels(canonical)
+    expected[0, 30, 30] = 0  # the smallest of three components goes
+    # The hand-set network is pixelwise, so it commutes with a flip: TTA keeps its answer.
+    np.testing.assert_array_equal(labels.to_canonical(), expected)
+    plain_labels, plain_kidney, plain_tumor = plain.predict_probabilities(volume)
+    assert plain_labels.to_canonical()[0, 30, 30] == 1
+    for ours, theirs in ((kidney_prob, plain_kidney), (tumor_prob, plain_tumor)):
+        assert np.abs(ours.array.astype(int) - theirs.array).max() <= 1
+
+
 def test_label_statistics_match_counts(predictor: Predictor) -> None:
     volume = volume_from_canonical(phantom_canonical())
     labels = predictor.predict_volume(volume)
@@ -388,19 +412,19 @@ def test_find_inputs_layouts(tmp_path: Path) -> None:
     kits = tmp_path / "kits"
     for case in ("case_00002", "case_00001"):
         write_volume(volume, kits / case / "imaging.nii.gz")
-    pairs, collection = find_inputs(kits)
-    assert collection and [c for c, _ in pairs] == ["case_00001", "case_00002"]
+    found, collection = find_inputs(kits)
+    assert collection and [f.case_id for f in found] == ["case_00001", "case_00002"]
     plain = tmp_path / "plain"
     write_volume(volume, plain / "b.nrrd")
     write_volume(volume, plain / "a.nii.gz")
     (plain / "notes.txt").write_text("not an image")
-    pairs, collection = find_inputs(plain)
-    assert collection and pairs == [("a", plain / "a.nii.gz"), ("b", plain / "b.nrrd")]
-    assert find_inputs(plain / "a.nii.gz") == ([("a", plain / "a.nii.gz")], False)
+    found, collection = find_inputs(plain)
+    assert collection and found == [("a", plain / "a.nii.gz", None), ("b", plain / "b.nrrd", None)]
+    assert find_inputs(plain / "a.nii.gz") == ([("a", plain / "a.nii.gz", None)], False)
     dicom = tmp_path / "dicom"
     dicom.mkdir()
     (dicom / "IM0001").write_bytes(b"")
-    assert find_inputs(dicom) == ([("dicom", dicom)], False)
+    assert find_inputs(dicom) == ([("dicom", dicom, None)], False)
     with pytest.raises(KidneysegError, match="no such file"):
         find_inputs(tmp_path / "missing")
 

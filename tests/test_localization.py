@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kidneyseg.errors import KidneysegError
 from kidneyseg.inference import Predictor
 from kidneyseg.localization import Box, body_box, merge_if_cheaper
 from test_inference import make_model_dir, volume_from_canonical
@@ -30,8 +31,9 @@ def tall_phantom(depth: int = 200, size: int = 160, kidneys: bool = True) -> np.
     return hu
 
 
-def _predictor(run: Path, mode: str) -> Predictor:
-    return Predictor(run, device="cpu", progress=False, overrides=[f"inference.mode={mode}"])
+def _predictor(run: Path, mode: str, crop: str = "box") -> Predictor:
+    settings = [f"inference.mode={mode}", f"inference.fast_crop={crop}"]
+    return Predictor(run, device="cpu", progress=False, overrides=settings)
 
 
 def _count_pixels(predictor: Predictor, volume: object) -> tuple[np.ndarray, dict[str, int]]:
@@ -63,19 +65,30 @@ def run_dir_resized(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Crops snap to the network's 32-pixel grid: at 64 model pixels a crop is at least half a
-# slice wide, so a model smaller than the slice saves less.
-@pytest.mark.parametrize("which, share", [("run_dir", 0.5), ("run_dir_resized", 0.75)])
+# slice wide, so a model smaller than the slice saves less. "axial" runs whole slices over the
+# kidneys' 30 slices + 2 x 12 margin slices, plus the coarse pass (every 4th slice, body box).
+@pytest.mark.parametrize(
+    "which, crop, share",
+    [
+        ("run_dir", "box", 0.5),
+        ("run_dir_resized", "box", 0.75),
+        ("run_dir", "axial", 0.55),
+        ("run_dir_resized", "axial", 0.55),
+    ],
+)
 def test_fast_equals_naive_with_far_fewer_pixels(
-    which: str, share: float, request: pytest.FixtureRequest
+    which: str, crop: str, share: float, request: pytest.FixtureRequest
 ) -> None:
     run = request.getfixturevalue(which)
     volume = volume_from_canonical(tall_phantom(), spacing_zyx=SPACING)
     naive, naive_px = _count_pixels(_predictor(run, "naive"), volume)
-    fast, fast_px = _count_pixels(_predictor(run, "fast"), volume)
+    fast, fast_px = _count_pixels(_predictor(run, "fast", crop), volume)
     assert set(np.unique(naive).tolist()) == {0, 1, 2}
     np.testing.assert_array_equal(fast, naive)
     assert fast_px["kidney"] < share * naive_px["kidney"], (fast_px, naive_px)
     assert fast_px["tumor"] <= naive_px["tumor"]
+    if crop == "axial":  # whole slices: phase 2 runs exactly where the naive cascade does
+        assert fast_px["tumor"] == naive_px["tumor"]
 
 
 def test_no_kidney_costs_only_the_coarse_pass(run_dir: Path) -> None:
@@ -83,6 +96,11 @@ def test_no_kidney_costs_only_the_coarse_pass(run_dir: Path) -> None:
     labels, px = _count_pixels(_predictor(run_dir, "fast"), volume)
     assert not labels.any() and px["tumor"] == 0
     assert px["kidney"] <= (200 // 4 + 1) * 160 * 160  # every 4th slice at most
+
+
+def test_bad_fast_crop_is_refused(run_dir: Path) -> None:
+    with pytest.raises(KidneysegError, match="fast_crop"):
+        _predictor(run_dir, "fast", "planes")
 
 
 def test_boxes() -> None:

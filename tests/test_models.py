@@ -115,3 +115,19 @@ def test_local_encoder_weights_file(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"not a state dict")
     with pytest.raises(KidneysegError, match="cannot read encoder weights"):
         build_model(ModelConfig(encoder_weights=str(tmp_path / "junk.pth")))
+
+
+def test_local_encoder_weights_for_context_channels(tmp_path: Path) -> None:
+    """2.5D inputs (``model.in_channels = data.context_slices``): 3 channels take the RGB stem as
+    it is; other counts cycle its filters scaled by 3 / channels, smp's rule for its ImageNet
+    weights (before: the grey stem repeated, 5x the response for 5 channels)."""
+    import torchvision
+
+    rgb = torchvision.models.resnet34(weights=None).state_dict()
+    path = tmp_path / "resnet34.pth"
+    torch.save(rgb, path)
+    three = build_model(ModelConfig(encoder_weights=str(path), in_channels=3))
+    torch.testing.assert_close(three.encoder.state_dict()["conv1.weight"], rgb["conv1.weight"])
+    five = build_model(ModelConfig(encoder_weights=str(path), in_channels=5))
+    stem = five.encoder.state_dict()["conv1.weight"]
+    torch.testing.assert_close(stem, rgb["conv1.weight"][:, [0, 1, 2, 0, 1]] * 3 / 5)

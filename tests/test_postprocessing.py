@@ -8,6 +8,7 @@ import pytest
 from kidneyseg.config import PostprocessConfig
 from kidneyseg.postprocessing import (
     assemble_labels,
+    keep_largest_components,
     ml_to_voxels,
     postprocess,
     remove_small_components,
@@ -113,3 +114,62 @@ def test_postprocess_can_keep_tumor_outside_kidney() -> None:
         kidney, tumor, (1.0, 1.0, 1.0), PostprocessConfig(tumor_inside_kidney=False)
     )
     assert int((labels == 2).sum()) == 16
+
+
+def _three_kidneys() -> np.ndarray:
+    """Labels with three separate foreground components of 96, 64 and 27 voxels."""
+    labels = np.zeros((8, 30, 30), np.uint8)
+    labels[1:7, 2:6, 2:6] = 1  # 96 voxels, a tumor and a cyst inside
+    labels[2:4, 3:5, 3:5] = 2
+    labels[5, 3, 3] = 3
+    labels[1:5, 20:24, 20:24] = 1  # 64 voxels, a tumor inside
+    labels[2, 21, 21] = 2
+    labels[4:7, 12:15, 24:27] = 2  # 27 voxels: a tumor-only component (no kidney label)
+    return labels
+
+
+def test_keep_largest_components_keeps_the_n_largest_with_their_masses() -> None:
+    labels = _three_kidneys()
+    before = labels.copy()
+    two = keep_largest_components(labels, 2)
+    np.testing.assert_array_equal(labels, before)  # the input is untouched
+    expected = before.copy()
+    expected[4:7, 12:15, 24:27] = 0
+    np.testing.assert_array_equal(two, expected)  # labels inside the kept components unchanged
+    one = keep_largest_components(labels, 1)
+    assert int((one > 0).sum()) == 96 and int((one == 2).sum()) == 8 and one[5, 3, 3] == 3
+    assert not one[:, 15:, :].any()
+    for count in (0, 3, 10):  # off, or at least as many components as there are
+        np.testing.assert_array_equal(keep_largest_components(labels, count), before)
+    empty = np.zeros((3, 4, 4), np.uint8)
+    np.testing.assert_array_equal(keep_largest_components(empty, 2), empty)
+
+
+def test_keep_largest_components_counts_26_connected_voxels_and_breaks_ties_in_order() -> None:
+    labels = np.zeros((4, 12, 12), np.uint8)
+    for i in range(4):  # a diagonal staircase: one component of 4 voxels, not four of 1
+        labels[i, i, i] = 1
+    labels[0, 8, 8:11] = 1  # 3 voxels in a row
+    labels[3, 10, 0:3] = 1  # 3 voxels too: same size, met later in index order
+    kept = keep_largest_components(labels, 2)
+    assert int(kept.sum()) == 7
+    assert all(kept[i, i, i] for i in range(4)) and kept[0, 8, 8:11].all()
+    assert not kept[3, 10, 0:3].any()
+
+
+def test_postprocess_kidney_components_removes_third_kidney_and_its_tumor() -> None:
+    kidney = np.zeros((8, 30, 30), bool)
+    kidney[1:7, 2:8, 2:8] = True  # 216 voxels
+    kidney[1:6, 20:25, 20:25] = True  # 125 voxels
+    kidney[2:5, 12:15, 12:15] = True  # 27 voxels: a false positive "third kidney"
+    tumor = np.zeros_like(kidney)
+    tumor[2:4, 3:5, 3:5] = True  # inside the largest
+    tumor[3, 13, 13] = True  # inside the false positive
+    spacing = (3.0, 0.8, 0.8)
+    off = postprocess(kidney, tumor, spacing)
+    assert int((off > 0).sum()) == 216 + 125 + 27  # the paper default keeps everything
+    labels = postprocess(kidney, tumor, spacing, PostprocessConfig(kidney_components=2))
+    assert int((labels > 0).sum()) == 216 + 125
+    assert int((labels == 2).sum()) == 8 and not labels[2:5, 12:15, 12:15].any()
+    labels = postprocess(kidney, tumor, spacing, PostprocessConfig(kidney_components=1))
+    assert int((labels > 0).sum()) == 216 and int((labels == 2).sum()) == 8

@@ -223,6 +223,11 @@ def test_predict_preview_writes_a_png_beside_each_output(
     args = ["--model", str(run), "--device", "cpu", "--no-progress", "--preview"]
     assert main(["predict", str(data), str(tmp_path / "pred"), *args]) == 0
     names = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert names == ["case_0.nrrd", "case_0_preview.png", "case_1.nrrd", "case_1_preview.png"]
+    # --output-format changes the label files' names; the previews still find their CTs.
+    nifti = ["--output-format", "nifti"]
+    assert main(["predict", str(data), str(tmp_path / "pred_nii"), *args, *nifti]) == 0
+    names = sorted(p.name for p in (tmp_path / "pred_nii").iterdir())
     assert names == ["case_0.nii.gz", "case_0_preview.png", "case_1.nii.gz", "case_1_preview.png"]
     single = tmp_path / "one" / "labels.nii.gz"
     assert main(["predict", str(data / "case_1.nrrd"), str(single), *args]) == 0

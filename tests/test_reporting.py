@@ -198,6 +198,35 @@ def test_plot_loss_curves_rows_or_columns_name_the_loss(
     plot_loss_curves(cols, tmp_path / "cols.png", "t", loss_name)
     assert labels == [label, label]
     assert mpimg.imread(tmp_path / "cols.png").shape[:2] == (400, 640)
+
+
+@pytest.mark.parametrize(("metric", "star"), [("loss", (3.0, 0.3)), ("dice", (2.0, 0.8))])
+def test_curves_draw_val_dice_and_star_the_checkpoint_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str, star: tuple[float, float]
+) -> None:
+    from matplotlib.axes import Axes
+
+    stars: list[tuple[float, float]] = []
+    labels: list[str] = []
+    plot, set_ylabel = Axes.plot, Axes.set_ylabel
+
+    def spy_plot(ax: Axes, x: object, y: object, *args: object, **kwargs: object) -> object:
+        if args and args[0] == "*":
+            stars.append((float(x), float(y)))  # type: ignore[arg-type]
+        return plot(ax, x, y, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Axes, "plot", spy_plot)
+    monkeypatch.setattr(
+        Axes, "set_ylabel", lambda ax, text, *a, **k: labels.append(text) or set_ylabel(ax, text)
+    )
+    rows = [  # lowest validation loss in epoch 3, highest validation Dice in epoch 2
+        {"epoch": "1", "train_loss": "0.6", "val_loss": "0.5", "val_dice": "0.4"},
+        {"epoch": "2", "train_loss": "0.5", "val_loss": "0.4", "val_dice": "0.8"},
+        {"epoch": "3", "train_loss": "0.4", "val_loss": "0.3", "val_dice": "0.7"},
+    ]
+    plot_loss_curves(rows, tmp_path / "curves.png", "t", "bce", checkpoint_metric=metric)
+    assert stars == [star]
+    assert "validation Dice" in labels
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

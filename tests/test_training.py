@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_phantom
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.run_dir import METRICS_COLUMNS
 from kidneyseg.hardware import resolve_hardware
+from kidneyseg.inference import Predictor
 from kidneyseg.models import load_checkpoint, read_checkpoint_meta
 from kidneyseg.training import train_phase
 from test_dataset import write_prep_dir
@@ -289,3 +291,127 @@ def test_cosine_schedule_decays_lr(tmp_path: Path) -> None:
     assert lrs[-1] < lrs[0] / 2
     constant = SegmentationTask(tiny(), "kidney").configure_optimizers()
     assert isinstance(constant, torch.optim.Optimizer)  # the paper's plain Adam
+
+
+def test_val_dice_is_global_over_the_epochs_validation_slices() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kidneyseg.training import SegmentationTask, dice_from_counts
+
+    task = SegmentationTask(tiny("data.augment=false"), "kidney")
+    task.model = torch.nn.Identity()  # logit = input: a pixel is predicted where image > 0
+    image = -torch.ones(4, 1, 2, 2)
+    target = torch.zeros(4, 1, 2, 2)
+    image[0, 0, 0, :] = 1.0  # slice 0: 2 predicted, 1 of them right, 3 true
+    target[0, 0, 0, 0] = 1.0
+    target[0, 0, 1, :] = 1.0
+    image[2, 0, 0, 0] = 1.0  # slice 2: 1 predicted, 1 true, overlapping
+    target[2, 0, 0, 0] = 1.0  # slices 1 and 3 empty in both
+    loader = DataLoader(TensorDataset(image, target), batch_size=2)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    (logged,) = trainer.validate(task, dataloaders=loader, verbose=False)
+    # Global over the epoch: 2 * (1 + 1) / (3 + 4) = 4/7, not the mean of the batches'
+    # Dice ((2/5 + 1) / 2 = 0.7) nor of the slices'.
+    assert logged["val_dice"] == pytest.approx(4 / 7)
+    assert "val_loss" in logged
+    assert dice_from_counts(0, 0, 0) == 1.0 and dice_from_counts(0, 2, 0) == 0.0
+    empty = DataLoader(TensorDataset(-torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)))
+    (logged,) = trainer.validate(task, dataloaders=empty, verbose=False)
+    assert logged["val_dice"] == 1.0  # nothing predicted, nothing there: a perfect answer
+
+
+@pytest.mark.slow
+def test_val_dice_sums_the_counts_of_every_ddp_process() -> None:
+    """Two CPU processes (DDP, gloo), each seeing half the validation slices: the logged Dice
+    is the global one, not either process's own (rank 0: 2/5, rank 1: 1) nor their mean."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kidneyseg.training import SegmentationTask
+
+    task = SegmentationTask(tiny("data.augment=false"), "kidney")
+    task.model = torch.nn.Identity()
+    image, target = -torch.ones(4, 1, 2, 2), torch.zeros(4, 1, 2, 2)
+    image[0, 0, 0, :] = 1.0  # rank 0 sees slices 0 and 2, rank 1 slices 1 and 3
+    target[0, 0, 0, 0] = 1.0
+    target[0, 0, 1, :] = 1.0
+    image[1, 0, 0, 0] = 1.0
+    target[1, 0, 0, 0] = 1.0
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(TensorDataset(image, target), batch_size=1)
+    (logged,) = trainer.validate(task, dataloaders=loader, verbose=False)
+    assert logged["val_dice"] == pytest.approx(4 / 7)
+
+
+@pytest.mark.parametrize("metric", ["dice", "loss"])
+def test_checkpoint_metric_picks_the_best_epoch(
+    prep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str
+) -> None:
+    import kidneyseg.training as training
+
+    # The Dice of each epoch set by hand (its computation is tested above), peaking in
+    # epoch 2, while the validation loss of this run falls every epoch (lowest in epoch 3).
+    schedule = iter([0.2, 0.9, 0.5])
+    monkeypatch.setattr(training, "dice_from_counts", lambda *counts: next(schedule))
+    cfg = tiny("train.epochs=3", f"train.checkpoint_metric={metric}", "train.lr=0.01")
+    result = train_phase(prep_dir, tmp_path / "run", "kidney", cfg, progress=False)
+    table = rows(tmp_path / "run", "kidney")
+    dice = [float(r["val_dice"]) for r in table]
+    loss = [float(r["val_loss"]) for r in table]
+    assert dice == [0.2, 0.9, 0.5] and int(np.argmin(loss)) + 1 == 3
+    best = read_checkpoint_meta(tmp_path / "run" / "kidney" / "best.safetensors")
+    if metric == "dice":
+        assert best.extra["epoch"] == int(np.argmax(dice)) + 1 == result.best_epoch == 2
+        assert best.extra["val_dice"] == pytest.approx(0.9)
+        assert result.monitor == "val_dice" and "best val Dice 0.9000" in result.summary()
+    else:  # the paper's rule, unchanged
+        assert best.extra["epoch"] == result.best_epoch == 3
+        assert result.monitor == "val_loss" and "best val loss" in result.summary()
+
+
+def test_resume_refuses_another_checkpoint_metric(
+    prep_dir: Path, kidney_run: Path, tmp_path: Path
+) -> None:
+    cfg = tiny("train.epochs=3", "train.checkpoint_metric=dice")
+    # A run that chose its best checkpoint by loss is not resumed under another metric.
+    run = tmp_path / "run"
+    shutil.copytree(kidney_run, run)
+    with pytest.raises(KidneysegError, match="checkpoint_metric=loss"):
+        train_phase(prep_dir, run, "kidney", cfg, resume=True, progress=False)
+
+
+def test_three_context_slices_train_and_predict_end_to_end(prep_dir: Path, tmp_path: Path) -> None:
+    """2.5D: tiny k = 3 models of both phases train a few steps (neighbours 4 mm apart on the
+    3 mm prep grid: interpolated), and the cascade runs them on the conftest phantom (2.5 mm
+    slices along its third file axis, flipped in-plane)."""
+    cfg = tiny("train.epochs=1", "data.context_slices=3", "data.context_mm=4.0")
+    run = tmp_path / "run"
+    for phase in ("kidney", "tumor"):
+        train_phase(prep_dir, run, phase, cfg, progress=False)
+        meta = read_checkpoint_meta(run / phase / "best.safetensors")
+        assert meta.config.data.context_slices == meta.config.model.in_channels == 3
+        assert meta.config.data.context_mm == 4.0
+        model, _ = load_checkpoint(run / phase / "best.safetensors")
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+        assert np.isfinite([float(r["train_loss"]) for r in rows(run, phase)]).all()
+    image = make_phantom().image
+    for mode in ("naive", "fast"):
+        overrides = ["inference.precision=fp32", f"inference.mode={mode}"]
+        predictor = Predictor(run, device="cpu", batch_size=4, progress=False, overrides=overrides)
+        labels = predictor.predict_volume(image)
+        assert labels.same_geometry(image) and set(np.unique(labels.array)) <= {0, 1, 2}
+    ct, spacing = image.to_canonical(), image.canonical_spacing
+    assert spacing[0] == 2.5
+    runner = predictor.phases["kidney"]
+    kidney = runner.segment(ct, np.arange(len(ct)), spacing_z=spacing[0])
+    assert kidney.shape == ct.shape
+    with pytest.raises(KidneysegError, match="spacing_z"):
+        runner.segment(ct, np.arange(len(ct)))

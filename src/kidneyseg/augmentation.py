@@ -23,8 +23,10 @@ class BatchAugment(nn.Module):
     ``flip_probability`` (kidneys are bilateral, so a mirrored slice is anatomically plausible),
     a random crop covering U(crop_scale) of the area resized back to the full size, composed
     into one affine map and applied with a single ``grid_sample``; then Gaussian noise of
-    ``noise_std`` (z-score units) on the image. The target is resampled with the same grid
-    (bilinear, then 0.5) so it stays aligned; the image borders extend the edge values.
+    ``noise_std`` (z-score units) on the image. All image channels (the 2.5D context slices,
+    ``(N, k, H, W)``) share their slice's grid, and the target is resampled with it too
+    (bilinear, then 0.5) so it stays aligned; the image borders extend the edge values. The
+    noise is drawn independently per pixel, so per channel too.
 
     Example:
         >>> aug = BatchAugment(DataConfig(rotation_degrees=0, flip_probability=1.0,

@@ -1,6 +1,6 @@
 """Configuration: frozen dataclasses whose defaults reproduce the paper.
 
-Precedence: defaults < preset < config file (JSON, YAML or TOML) < ``--set section.key=value``.
+Precedence: defaults < preset(s) < config file (JSON, YAML or TOML) < ``--set section.key=value``.
 The resolved config is written next to every output (``config.json``) and into checkpoints.
 
 Paper references ("paper §x") are to the published two-phase U-Net/ResNet34 system on KiTS21.
@@ -16,20 +16,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser from PyPI (a dependency there, see pyproject.toml)
-    import tomli as tomllib
-
+from kidneyseg.config_files import load_config_file
 from kidneyseg.errors import KidneysegError
 from kidneyseg.planes import check_plane_settings
+from kidneyseg.presets import PRESETS as PRESETS  # re-exported (the presets' own module)
+from kidneyseg.presets import preset_names
 from kidneyseg.utils import atomic_write_text
 
 
@@ -63,9 +60,21 @@ class DataConfig:
     tumor_foreground_fraction: float | None = None
     #: Phase-2 input region: "ground_truth" kidney region (default) or "predicted" by phase 1.
     tumor_region: str = "ground_truth"
+    #: Phase-2 classes, one network output each: "tumor" (paper §3: one sigmoid output, label 2;
+    #: cysts count as kidney) or "tumor,cyst" (the ``kits`` preset: a second output for label 3;
+    #: a voxel is a mass where max(p_tumor, p_cyst) > inference.threshold, a tumor where
+    #: p_tumor >= p_cyst and a cyst otherwise), so predictions hold all three KiTS labels.
+    tumor_classes: str = "tumor"
     #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
     #: inference alike; 0 = the paper's tight region. See normalization.expand_region.
     region_margin_mm: float = 0.0
+    #: 2.5D input (not in the paper): this many axial slices as channels, odd; 1 = the paper's
+    #: single slice, 3 fills the ImageNet encoder's RGB stem. ``model.in_channels`` follows.
+    context_slices: int = 1
+    #: Distance (mm) between neighbouring channels, interpolated (`kidneyseg.context`). 3 mm sits
+    #: inside KiTS's 0.5-5 mm slices: a 5 mm scan blends its next slice in, a 0.5 mm scan looks
+    #: 6 slices away; k = 3 spans 6 mm, within a 1 cm tumor, far below a kidney's ~11 cm.
+    context_mm: float = 3.0
     #: Augmentation (paper §4.1): rotation, flip, random crop, Gaussian noise.
     augment: bool = True
     rotation_degrees: float = 15.0
@@ -96,7 +105,10 @@ class ModelConfig:
     architecture: str = "unet_resnet34"
     #: "imagenet" (paper §3), "none", or a path to a local encoder state dict.
     encoder_weights: str = "imagenet"
+    #: Input channels: set to ``data.context_slices`` whenever that is set (must equal it).
     in_channels: int = 1
+    #: Network outputs. Training sets it from the phase (kidney 1; tumor one per entry of
+    #: ``data.tumor_classes``) and checkpoints record it, so leave it at 1.
     classes: int = 1
     #: Width of the first level of `unet_plain` (doubles at each of its 5 levels).
     base_channels: int = 64
@@ -133,6 +145,8 @@ class TrainConfig:
     compile: bool = False
     #: Validation batches per epoch (0 = all).
     limit_val_batches: int = 0
+    #: best.safetensors: "loss" = lowest val_loss (paper §4.2), "dice" = highest val_dice.
+    checkpoint_metric: str = "loss"
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,12 @@ class InferenceConfig:
     coarse_step_mm: float = 10.0
     #: Fast mode: margin (mm) kept around the kidneys found, in-plane and along the axial axis.
     crop_margin_mm: float = 30.0
+    #: Fast mode: what is cut away. "axial": whole slices, only over the kidneys' axial range
+    #: (the naive answer on every slice it runs, so accuracy does not pay); "box": also an
+    #: in-plane box per side (faster, but the crop edge changes small models' answers).
+    fast_crop: str = "axial"
+    #: Flip test-time augmentation: mean probability of each slice and its left-right mirror.
+    tta: bool = False
     #: Plane models averaged: "all" the model folder has, or a list ("axial": fast mode's).
     planes: str = "all"
 
@@ -163,10 +183,12 @@ class InferenceConfig:
 class PostprocessConfig:
     """Postprocessing of the assembled 3D label map (paper §4.3)."""
 
-    #: Keep tumor only inside the predicted kidney region (paper §4.3).
+    #: Keep tumor (and cyst) only inside the predicted kidney region (paper §4.3).
     tumor_inside_kidney: bool = True
     #: Remove 3D connected components smaller than this (mL); 0 = off (paper preset).
     min_component_ml: float = 0.0
+    #: Keep only the N largest 3D components of kidney + masses (labels >= 1); 0 = off.
+    kidney_components: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,31 +203,8 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
-#: Named presets: partial overrides applied on top of the defaults ("paper" = the defaults).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {},
-    # Minutes on 2 CPU cores on the phantom cohort: small slices, no ImageNet download.
-    "fast": {
-        "data": {
-            "image_size": 128,
-            "num_workers": 0,
-            "samples_per_epoch": 512,
-            "foreground_fraction": 0.8,
-            "tumor_foreground_fraction": 0.5,
-        },
-        "model": {"encoder_weights": "none"},
-        "train": {
-            "batch_size": 16,
-            "epochs": 8,
-            "lr": 2e-3,
-            "lr_schedule": "cosine",
-            "loss": "bce_dice",
-            "limit_val_batches": 8,
-        },
-        "inference": {"batch_size": 32},
-        "postprocess": {"min_component_ml": 0.1},
-    },
-}
+#: ``data.tumor_classes`` values: phase 2's output classes, in output order.
+TUMOR_CLASSES = ("tumor", "tumor,cyst")
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
@@ -281,6 +280,12 @@ def _apply(cfg: Config, updates: dict[str, Any], source: str) -> Config:
                 )
             changes[key] = _coerce(value, hints[key], f"{section}.{key} ({source})")
         new_sections[section] = dataclasses.replace(current, **changes)
+    data, model = updates.get("data", {}), updates.get("model", {})
+    if "context_slices" in data and "in_channels" not in model:  # the input follows the context
+        k = new_sections["data"].context_slices
+        new_sections["model"] = dataclasses.replace(
+            new_sections.get("model", cfg.model), in_channels=k
+        )
     return dataclasses.replace(cfg, **new_sections)
 
 
@@ -294,42 +299,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             raise KidneysegError(f"--set {item!r}: use section.key=value, e.g. train.lr=1e-4")
         out.setdefault(section, {})[name] = value.strip()
     return out
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON, YAML or TOML config file into nested dicts."""
-    p = Path(path)
-    if not p.is_file():
-        raise KidneysegError("config file not found", path=p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise KidneysegError(
-            "config file is not text (binary data); give a .json, .yaml or .toml file", path=p
-        ) from None
-    except OSError as exc:
-        raise KidneysegError(f"cannot read config file: {exc.strerror}", path=p) from exc
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        elif p.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            raise KidneysegError("config file must be .json, .yaml/.yml or .toml", path=p)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise KidneysegError(f"cannot parse config: {exc}", path=p) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("yaml"):
-            raise KidneysegError(f"cannot parse config: {exc}", path=p) from exc
-        raise
-    data = data or {}
-    if not isinstance(data, dict):
-        raise KidneysegError("config file must hold a mapping of sections", path=p)
-    return data
 
 
 def validate(cfg: Config) -> Config:
@@ -349,6 +318,7 @@ def validate(cfg: Config) -> Config:
         t.optimizer in ("adam", "adamw"), f"train.optimizer must be adam or adamw ({t.optimizer!r})"
     )
     need(t.num_nodes >= 1, "train.num_nodes must be >= 1")
+    need(t.checkpoint_metric in ("loss", "dice"), "train.checkpoint_metric must be loss or dice")
     need(
         t.lr_schedule in ("constant", "cosine"),
         f"train.lr_schedule must be constant or cosine (got {t.lr_schedule!r})",
@@ -374,6 +344,18 @@ def validate(cfg: Config) -> Config:
     need(
         d.tumor_region in ("ground_truth", "predicted"),
         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})",
+    )
+    need(
+        ",".join(c.strip() for c in d.tumor_classes.split(",")) in TUMOR_CLASSES,
+        f"data.tumor_classes must be tumor (the paper) or tumor,cyst (got {d.tumor_classes!r})",
+    )
+    k = d.context_slices
+    need(k >= 1 and k % 2 == 1, f"data.context_slices must be odd and >= 1 (got {k}), e.g. 3")
+    need(d.context_mm > 0, f"data.context_mm must be > 0 (got {d.context_mm}); e.g. 3.0")
+    need(
+        m.in_channels == k,
+        f"model.in_channels ({m.in_channels}) must equal data.context_slices ({k}); leave "
+        "model.in_channels unset, it follows data.context_slices",
     )
     need(d.noise_std >= 0 and 0 <= d.flip_probability <= 1, "data.noise_std >= 0, flip in [0, 1]")
     need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale must be 0 < lo <= hi <= 1")
@@ -401,6 +383,10 @@ def validate(cfg: Config) -> Config:
         cfg.inference.mode in ("fast", "naive"),
         f"inference.mode must be fast or naive (got {cfg.inference.mode!r})",
     )
+    need(
+        cfg.inference.fast_crop in ("axial", "box"),
+        f"inference.fast_crop must be axial or box (got {cfg.inference.fast_crop!r})",
+    )
     need(cfg.inference.coarse_step_mm > 0, "inference.coarse_step_mm must be > 0")
     need(cfg.inference.crop_margin_mm >= 0, "inference.crop_margin_mm must be >= 0")
     need(
@@ -408,6 +394,7 @@ def validate(cfg: Config) -> Config:
         f"inference.precision must be auto, fp32, bf16 or fp16 (got {cfg.inference.precision!r})",
     )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
+    need(cfg.postprocess.kidney_components >= 0, "postprocess.kidney_components must be >= 0")
     check_plane_settings(d.planes, cfg.inference.planes)
     return cfg
 
@@ -418,14 +405,18 @@ def resolve_config(
     overrides: list[str] | None = None,
     base: Config | dict[str, Any] | None = None,
 ) -> Config:
-    """Build the config: defaults (or ``base``) < preset < file < ``--set`` overrides."""
-    if preset not in PRESETS:
-        raise KidneysegError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    """Build the config: defaults (or ``base``) < preset(s) < file < ``--set`` overrides.
+
+    ``preset`` is one name of `PRESETS` or several joined by commas (`preset_names`), e.g.
+    ``"fast,kits"``: the fast CPU settings with phase 2 predicting tumor and cyst.
+    """
+    names = preset_names(preset)
     if isinstance(base, dict):
         cfg = config_from_dict(base)
     else:
         cfg = base or Config()
-    cfg = _apply(cfg, PRESETS[preset], f"preset {preset}")
+    for name in names:
+        cfg = _apply(cfg, PRESETS[name], f"preset {name}")
     if config_file is not None:
         cfg = _apply(cfg, load_config_file(config_file), str(config_file))
     if overrides:

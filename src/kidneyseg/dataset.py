@@ -7,9 +7,15 @@ it serves, and ``slices.npy`` says which slices hold kidney/tumor without touchi
 * phase ``kidney``: every slice; input HU clipped to ``data.kidney_window`` and z-scored with
   training-split statistics; target = labels 1, 2, 3 (`kidneyseg.types.PHASE_TARGETS`).
 * phase ``tumor``: only slices whose kidney region is non-empty; input = CT x region mask,
-  z-scored with the statistics inside the region; target = label 2. The region is the ground
+  z-scored with the statistics inside the region; target = label 2, or with
+  ``data.tumor_classes = "tumor,cyst"`` two channels, label 2 and label 3
+  (`kidneyseg.types.phase_outputs`; foreground slices then hold either). The region is the ground
   truth (default) or, with ``data.tumor_region = "predicted"``, phase 1's prediction
   (`kidneyseg.regions.predict_kidney_regions` computes it once per case and caches it).
+* 2.5D (``data.context_slices = k > 1``): the input has ``k`` channels, the slice and its
+  neighbours ``data.context_mm`` apart, interpolated (`kidneyseg.context.context_stack`, the
+  function inference uses too; phase 2 masks each neighbour by its own region); the target is
+  the centre slice's.
 
 Statistics come from ``hu_histogram.npz`` with the *configured* window, so a window ablation
 (``--set data.kidney_window=20,45``) needs no re-preprocessing. Slices are resized to
@@ -35,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +51,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from kidneyseg.config import DataConfig
+from kidneyseg.context import context_stack
 from kidneyseg.errors import KidneysegError
-from kidneyseg.formats.prep_dir import PrepDir
+from kidneyseg.formats.prep_dir import SLICE_LABELS, PrepDir
 from kidneyseg.normalization import NormalizationRecord, expand_region, normalize
 from kidneyseg.regions import region_files
 from kidneyseg.resize import to_model_size
-from kidneyseg.types import MAX_LABEL, PHASE_TARGETS, PHASES
+from kidneyseg.types import MAX_LABEL, OUTPUT_TARGETS, PHASE_TARGETS, PHASES, phase_outputs
 
 
 def _label_lut(labels: Sequence[int]) -> npt.NDArray[np.float32]:
@@ -71,7 +78,10 @@ def phase_norm_record(prep: PrepDir, phase: str, cfg: DataConfig) -> Normalizati
 class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """The eligible axial slices of some cases for one phase, as ``(image, target)`` tensors.
 
-    Both are float32 ``(1, S, S)`` with ``S = cfg.image_size``; image z-scored, target 0/1.
+    Float32 image ``(k, S, S)`` (z-scored; ``k = cfg.context_slices``, the slice and its
+    neighbours) and target ``(C, S, S)`` (0/1, the centre slice's) with one channel per network
+    output of the phase (`phase_outputs`: 1, or 2 for phase 2 with
+    ``data.tumor_classes = "tumor,cyst"``), ``S = cfg.image_size``.
 
     Args:
         prep: the preprocessed folder.
@@ -115,8 +125,15 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
         self.regions_dir = Path(regions_dir) if self.predicted and regions_dir else None
         self.margin_mm = cfg.region_margin_mm if phase == "tumor" else 0.0
-        self._spacing_yx = [prep.spacing_mm(c)[1:] for c in case_ids]
-        self._target_lut = _label_lut(PHASE_TARGETS[phase])
+        self.context = (cfg.context_slices, cfg.context_mm)
+        spacing = [prep.spacing_mm(c) for c in case_ids]
+        self._spacing_z = [s[0] for s in spacing]
+        self._spacing_yx = [s[1:] for s in spacing]
+        outputs = phase_outputs(phase, cfg.tumor_classes)
+        self._target_lut = np.stack([_label_lut(OUTPUT_TARGETS[name]) for name in outputs])
+        # Columns of the slice index holding the outputs' labels: foreground = any of them.
+        targets = {label for name in outputs for label in OUTPUT_TARGETS[name]}
+        target_columns = [i for i, label in enumerate(SLICE_LABELS) if label in targets]
         self._files: list[tuple[Path, Path, Path | None]] = []
         items, foreground = [], []
         for index, case_id in enumerate(self.case_ids):
@@ -131,14 +148,14 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             region_path = None
             if phase == "kidney":
                 eligible = np.ones(depth, bool)
-                fg = counts.sum(axis=1) > 0
+                fg = counts[:, target_columns].sum(axis=1) > 0
             elif self.regions_dir is not None:
                 region_path, region_slices = region_files(self.regions_dir, case_id)
                 eligible = np.load(region_slices) > 0
-                fg = eligible & (counts[:, 1] > 0)
+                fg = eligible & (counts[:, target_columns].sum(axis=1) > 0)
             else:
                 eligible = counts.sum(axis=1) > 0
-                fg = counts[:, 1] > 0
+                fg = counts[:, target_columns].sum(axis=1) > 0
             self._files.append((image_path, label_path, region_path))
             zs = np.flatnonzero(eligible)
             items.append(np.stack([np.full(len(zs), index), zs], axis=1))
@@ -165,17 +182,28 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
         return self._open[index]
 
+    def _region_mask(self, case_index: int, from_labels: bool) -> Callable[[Any], Any]:
+        """Raw region slices (labels, or phase 1's region) -> phase 2's grown bool mask."""
+        spacing_yx = self._spacing_yx[case_index]
+
+        def mask(raw: Any) -> Any:
+            region = _REGION_LUT[np.minimum(raw, MAX_LABEL)] if from_labels else raw
+            return expand_region(region, spacing_yx, self.margin_mm)
+
+        return mask
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         case_index, z = (int(v) for v in self.items[i])
         image, label, region = self._arrays(case_index)
-        hu = np.asarray(image[z])
         labels = np.minimum(np.asarray(label[z]), MAX_LABEL)
-        mask = None
-        if self.phase == "tumor":
-            mask = np.asarray(region[z]) if region is not None else _REGION_LUT[labels]
-            mask = expand_region(mask, self._spacing_yx[case_index], self.margin_mm)
-        x = torch.from_numpy(normalize(hu, self.normalization, region=mask))[None, None]
-        y = torch.from_numpy(self._target_lut[labels])[None, None]
+        source, masker = None, None
+        if self.phase == "tumor":  # each context slice masked by its own region
+            source = region if region is not None else label
+            masker = self._region_mask(case_index, from_labels=region is None)
+        k, mm = self.context
+        hu, mask = context_stack(image, [z], self._spacing_z[case_index], k, mm, source, masker)
+        x = torch.from_numpy(normalize(hu, self.normalization, region=mask))
+        y = torch.from_numpy(self._target_lut[:, labels])[None]
         if x.shape[-2:] != (self.size, self.size):
             x = to_model_size(x, self.size)
             # Resample the target like the image (bilinear, then 0.5), so both stay aligned.

@@ -67,6 +67,7 @@ class DicomSeries:
         description: SeriesDescription.
         files: the series' files (unsorted).
         is_image: whether every file has a position and orientation (a slice of a volume).
+        number: SeriesNumber ('' when absent).
     """
 
     uid: str
@@ -74,6 +75,7 @@ class DicomSeries:
     description: str
     files: tuple[Path, ...]
     is_image: bool
+    number: str = ""
 
     def describe(self, root: Path) -> str:
         """One-line summary for error messages: UID, description, count and folder."""
@@ -112,11 +114,12 @@ def _floats(text: str) -> list[float]:
         return []
 
 
-def _scan(folder: Path) -> tuple[dict[Path, dict[str, str]], int]:
-    """Headers of the DICOM files under ``folder``, and how many files were looked at."""
+def _scan(folder: Path, recursive: bool = True) -> tuple[dict[Path, dict[str, str]], int]:
+    """Headers of the DICOM files under ``folder`` (``recursive=False``: only those directly in
+    it), and how many files were looked at."""
     files = sorted(
         p
-        for p in folder.rglob("*")
+        for p in (folder.rglob("*") if recursive else folder.iterdir())
         if p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and not p.name.lower().endswith(IMAGE_SUFFIXES)
@@ -169,14 +172,15 @@ def check_ct_modality(modality: str | None, path: str | Path) -> None:
         )
 
 
-def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
-    """All series under ``folder`` (subfolders included), grouped as the module doc says.
+def find_dicom_series(folder: str | Path, recursive: bool = True) -> list[DicomSeries]:
+    """All series under ``folder`` (subfolders too unless ``recursive=False``), grouped as the
+    module doc says. A file that starts like DICOM but cannot be read is a `KidneysegError`.
 
     Example:
         >>> [s.uid for s in find_dicom_series("dcmqi_ct3slice")]  # doctest: +SKIP
         ['1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1', '1.2.276.0.7230...']
     """
-    headers, _ = _scan(Path(folder))
+    headers, _ = _scan(Path(folder), recursive)
     return _group(headers)
 
 
@@ -202,10 +206,16 @@ def _group(headers: dict[Path, dict[str, str]]) -> list[DicomSeries]:
             and len(_floats(headers[p]["orientation"])) == 6
             for p in paths
         )
-        out.append(
-            DicomSeries(key[0], first["modality"], first["description"], tuple(paths), is_image)
-        )
+        tags = (first["modality"], first["description"])
+        out.append(DicomSeries(key[0], *tags, tuple(paths), is_image, first["series_number"]))
     return out
+
+
+def candidate_series(series: list[DicomSeries]) -> list[DicomSeries]:
+    """The series `read_dicom_series` chooses among without ``series=``: the CT image series,
+    or every image series when none is CT (rule 3 of the module doc)."""
+    images = [s for s in series if s.is_image]
+    return [s for s in images if s.modality.upper() == "CT"] or images
 
 
 def _choose(series: list[DicomSeries], folder: Path, uid: str | None, n_files: int) -> DicomSeries:
@@ -229,8 +239,7 @@ def _choose(series: list[DicomSeries], folder: Path, uid: str | None, n_files: i
                 f"series {uid} is not an image series (no slice positions)", path=folder
             )
         return chosen[0]
-    images = [s for s in series if s.is_image]
-    candidates = [s for s in images if s.modality.upper() == "CT"] or images
+    candidates = candidate_series(series)
     if not candidates:
         raise KidneysegError(
             f"no DICOM image series with slice positions found; found: {listing}", path=folder

@@ -6,8 +6,12 @@ references the source CT series and each of its frames (slices):
 * segments, coded in SNOMED CT: 1 "Kidney" (category Anatomical Structure 91723000, type
   Kidney 64033007), 2 "Kidney tumor" (Morphologically Abnormal Structure 49755003, Neoplasm
   108369006, anatomic region Kidney), 3 "Kidney cyst" (49755003, Cyst 367643001, region Kidney)
-  when the label map holds a cyst. Segment k holds the voxels of label k, so segments and label
-  ids agree (segment 1 is kidney tissue alone, as label 1);
+  when the model predicts cysts (``data.tumor_classes = "tumor,cyst"``, even if this case has
+  none) or the label map holds one. Neoplasm and Cyst are both in DICOM CID 7159 "Lesion
+  Segmentation Type" (a morphologic abnormality, located by the anatomic region), rather than
+  the disorder "Cyst of kidney" (36171008), which is a finding, not a segmentable structure.
+  Segment k holds the voxels of label k, so segments and label ids agree (segment 1 is kidney
+  tissue alone, as label 1);
 * algorithm identification: type AUTOMATIC, name ``kidneyseg``, family Artificial
   Intelligence, version ``<package version> model <model id>``, parameters: model id, device,
   precision; the model id also in DeviceSerialNumber and the package version in
@@ -153,6 +157,7 @@ def write_dicom_seg(
     path: str | Path,
     prov: Mapping[str, str],
     series: str | None = None,
+    cysts: bool = False,
 ) -> Path:
     """Write the DICOM SEG of ``labels`` (predicted on the DICOM series ``source``) atomically.
 
@@ -162,6 +167,8 @@ def write_dicom_seg(
         path: the SEG file to write (``<name>.seg.dcm``).
         prov: the provenance (`kidneyseg.formats.pred_dir.provenance`).
         series: the series' UID or number when the folder holds several.
+        cysts: the model predicts cysts: a "Kidney cyst" segment even when ``labels`` holds
+            none (a cyst in ``labels`` always gets one).
 
     Raises:
         KidneysegError: the label map does not match the series (frames, size).
@@ -176,7 +183,7 @@ def write_dicom_seg(
             f"rows, {len(datasets)} slices)",
             path=source,
         )
-    present = [k for k in (KIDNEY, TUMOR, CYST) if k != CYST or bool((arr == CYST).any())]
+    present = [k for k in (KIDNEY, TUMOR, CYST) if k != CYST or cysts or bool((arr == CYST).any())]
     frames = np.transpose(arr, (2, 1, 0))  # (slice, row, column), one frame per source file
     masks = np.stack([frames == k for k in present], axis=-1)
     with warnings.catch_warnings():
@@ -208,7 +215,9 @@ def _segmentation(
         manufacturer_model_name="kidneyseg two-phase 2D U-Net",
         software_versions=version,
         device_serial_number=str(prov.get("model_id", "unknown")),
-        series_description="kidneyseg kidney and tumor segmentation",
+        series_description="kidneyseg kidney and tumor segmentation"
+        if CYST not in present
+        else "kidneyseg kidney, tumor and cyst segmentation",
         content_label="KIDNEYSEG",
         content_description=f"kidneyseg {version}, model {prov.get('model_id', 'unknown')}",
         omit_empty_frames=True,

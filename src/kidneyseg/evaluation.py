@@ -43,7 +43,7 @@ from kidneyseg.formats.eval_dir import (
     SUMMARY_FORMAT_VERSION,
     write_eval_dir,
 )
-from kidneyseg.formats.pred_dir import OUTPUT_SUFFIX
+from kidneyseg.formats.pred_dir import OUTPUT_SUFFIX, probability_owner
 from kidneyseg.io import check_same_geometry, read_labels
 from kidneyseg.metrics import (
     KITS_SD_TOLERANCES_MM,
@@ -138,11 +138,13 @@ def match_cases(
         raise KidneysegError("prediction folder not found", path=pred_root)
     if not gt_root.is_dir():
         raise KidneysegError("reference (ground truth) folder not found", path=gt_root)
-    # Names starting with "." are temporary files of an unfinished atomic write.
+    # Names starting with "." are temporary files of an unfinished atomic write; probability
+    # maps written beside their label file (predict --save-probabilities) are not predictions.
     preds = {
         p.name[: -len(OUTPUT_SUFFIX)]: p
         for p in sorted(pred_root.iterdir())
         if p.is_file() and p.name.endswith(OUTPUT_SUFFIX) and not p.name.startswith(".")
+        if not ((owner := probability_owner(p)) is not None and owner.is_file())
     }
     if not preds:
         raise KidneysegError(

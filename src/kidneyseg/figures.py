@@ -3,8 +3,8 @@
 Figures use matplotlib's Agg canvas directly (no pyplot), so the caller's backend and global
 state are untouched; matplotlib is imported only when a figure is drawn.
 
-* `plot_loss_curves`: training vs validation loss per epoch, best epoch marked; used by
-  training (``RUN_DIR/<phase>/curves.png``) and by the report.
+* `plot_loss_curves`: training vs validation loss per epoch (and validation Dice on a second
+  axis), best epoch marked; used by training (``RUN_DIR/<phase>/curves.png``) and the report.
 * `choose_slices`, `draw_overlay`: one case's CT (`CaseVolumes`, read by
   `kidneyseg.reporting.load_case_volumes`) with the predicted masks as red fill and the
   ground-truth edges in green, in a soft-tissue window.
@@ -39,6 +39,7 @@ LOSS_LABELS: Final = {"bce": "BCE loss", "bce_dice": "BCE + Dice loss"}
 
 _PRED_KIDNEY_RGBA = (1.0, 0.25, 0.25, 0.45)
 _PRED_TUMOR_RGBA = (0.8, 0.0, 0.0, 0.7)
+_PRED_CYST_RGBA = (0.16, 0.55, 1.0, 0.6)  # the preview's and viewer's cyst blue
 _GT_KIDNEY_COLOR = "lime"
 _GT_TUMOR_COLOR = "springgreen"
 _DPI = 100
@@ -62,12 +63,14 @@ def plot_loss_curves(
     path: str | Path,
     title: str,
     loss_name: str = "loss",
+    checkpoint_metric: str = "loss",
 ) -> Path:
     """Training and validation loss per epoch (paper Fig. 6) as a PNG, written atomically.
 
-    The epoch with the lowest validation loss (the one kept as ``best.safetensors``) is
-    marked with a star. Values may be numbers or the strings of a ``metrics.csv``; blank or
-    ``nan`` values are skipped.
+    A ``val_dice`` column, when there, is drawn against a second axis (0 to 1, right). The
+    epoch kept as ``best.safetensors`` is marked with a star: the lowest validation loss, or
+    with ``checkpoint_metric = "dice"`` the highest validation Dice. Values may be numbers or
+    the strings of a ``metrics.csv``; blank or ``nan`` values are skipped.
 
     Args:
         metrics: ``metrics.csv`` as columns (``{"epoch": [...], "train_loss": [...],
@@ -77,6 +80,8 @@ def plot_loss_curves(
         title: the plot title.
         loss_name: the configured loss (``train.loss``) naming the y axis: ``"bce"`` ->
             "BCE loss", ``"bce_dice"`` -> "BCE + Dice loss", anything else as given.
+        checkpoint_metric: ``train.checkpoint_metric`` (``"loss"`` or ``"dice"``): which
+            curve's best epoch the star marks.
 
     Returns:
         ``path``.
@@ -106,11 +111,21 @@ def plot_loss_curves(
         ok = np.isfinite(y) & np.isfinite(epoch)
         if ok.any():
             ax.plot(epoch[ok], y[ok], style, markersize=3, label=label)
-    if "val_loss" in columns:
-        val = columns["val_loss"]
+    star_ax, star_col = ax, "val_loss"
+    dice = columns.get("val_dice", np.full(len(epoch), math.nan))
+    if (np.isfinite(dice) & np.isfinite(epoch)).any():
+        dice_ax = ax.twinx()
+        ok = np.isfinite(dice) & np.isfinite(epoch)
+        dice_ax.plot(epoch[ok], dice[ok], "-^", color="C2", markersize=3, label="validation Dice")
+        dice_ax.set_ylim(0.0, 1.0)
+        dice_ax.set_ylabel("validation Dice")
+        if checkpoint_metric == "dice":
+            star_ax, star_col = dice_ax, "val_dice"
+    if star_col in columns:
+        val = columns[star_col]
         if np.isfinite(val).any():
-            best = int(np.nanargmin(val))
-            ax.plot(
+            best = int(np.nanargmax(val) if star_col == "val_dice" else np.nanargmin(val))
+            star_ax.plot(
                 epoch[best],
                 val[best],
                 "*",
@@ -123,8 +138,13 @@ def plot_loss_curves(
     ax.set_ylabel(LOSS_LABELS.get(loss_name, loss_name))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    handles: list[Any] = []
+    labels: list[str] = []
+    for axis in fig.axes:  # the loss axis, and the Dice axis when there is one
+        more = axis.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:  # on the top axis, so no curve is drawn over it
+        fig.axes[-1].legend(handles, labels, fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(str(tmp), format="png", dpi=_DPI, facecolor="white")
@@ -220,8 +240,9 @@ def draw_overlay(
 
     Slices are shown as the canonical ``(y, x)`` array: anterior at the top and the patient's
     right on the image's left (radiological convention). Predicted kidney is light red, predicted
-    tumor dark red (semi-transparent fills); ground-truth kidney region (labels 1-3) is a solid
-    green contour, ground-truth tumor a dashed one.
+    tumor dark red, predicted cyst (from a model that predicts cysts) blue (semi-transparent
+    fills); ground-truth kidney region (labels 1-3) is a solid green contour, ground-truth tumor
+    a dashed one.
 
     Example:
         >>> from kidneyseg.reporting import load_case_volumes
@@ -266,7 +287,8 @@ def draw_overlay(
         ct = vols.ct[z] if vols.ct is not None else np.full(pred.shape, float(level))
         ax.imshow(ct, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, aspect=sy / sx)
         fill = np.zeros((*pred.shape, 4))
-        fill[np.isin(pred, (KIDNEY, CYST))] = _PRED_KIDNEY_RGBA
+        fill[pred == KIDNEY] = _PRED_KIDNEY_RGBA
+        fill[pred == CYST] = _PRED_CYST_RGBA
         fill[pred == TUMOR] = _PRED_TUMOR_RGBA
         ax.imshow(fill, interpolation="nearest", aspect=sy / sx)
         region, tumor = np.isin(gt, (KIDNEY, TUMOR, CYST)), gt == TUMOR
@@ -295,8 +317,14 @@ def draw_overlay(
         Line2D([], [], color=_GT_KIDNEY_COLOR, lw=1.5, label="GT kidney region edge"),
         Line2D([], [], color=_GT_TUMOR_COLOR, lw=1.5, ls="--", label="GT tumor edge"),
     ]
+    if (vols.pred == CYST).any():
+        handles.insert(2, Patch(color=_PRED_CYST_RGBA, label="predicted cyst"))
     fig.legend(
-        handles=handles, loc="lower center", ncol=4 if n > 1 else 2, fontsize=7, frameon=False
+        handles=handles,
+        loc="lower center",
+        ncol=len(handles) if n > 1 else 2,
+        fontsize=7,
+        frameon=False,
     )
     canvas.draw()
     height_px = fig.bbox.height

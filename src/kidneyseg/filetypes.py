@@ -21,6 +21,16 @@ WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: File endings of NIfTI files (a subset of `IMAGE_SUFFIXES`).
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: The written ending that keeps each read format: ``.nhdr``/``.mhd`` (detached voxel data) become
+#: their single-file twins ``.nrrd``/``.mha``.
+SAME_FORMAT_SUFFIX = {
+    ".nii.gz": ".nii.gz",
+    ".nii": ".nii",
+    ".nrrd": ".nrrd",
+    ".nhdr": ".nrrd",
+    ".mha": ".mha",
+    ".mhd": ".mha",
+}
 
 
 def is_image_file(path: Path) -> bool:
@@ -31,6 +41,17 @@ def is_image_file(path: Path) -> bool:
         (True, False)
     """
     return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_suffix(path: str | Path) -> str | None:
+    """The image-file ending of ``path`` in lower case (`IMAGE_SUFFIXES`), or None.
+
+    Example:
+        >>> image_suffix("a/CT.NII.GZ"), image_suffix("scans/IM0001")
+        ('.nii.gz', None)
+    """
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
 
 
 def case_id_from_path(path: str | Path) -> str:

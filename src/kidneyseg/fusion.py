@@ -11,6 +11,16 @@ probability back onto the canonical grid (linear), and averages them; the mean a
 2. phase 2 in every plane on the CT x the fused region (each plane's region grown by its
    model's ``data.region_margin_mm`` in that plane's slices, as its training slices were),
    only on plane slices that cut the region; a plane's probability is 0 outside its region.
+   A phase 2 with tumor and cyst outputs (``data.tumor_classes = "tumor,cyst"``) averages
+   each output on its own, then splits the masses as the axial cascade does
+   (`classify_means`, the rule of `kidneyseg.phase_runner.classify_logits`): a mass where
+   the higher mean is above the threshold, a cyst where the cyst mean is the higher.
+
+Each plane model runs as the axial ones do: flip TTA (``inference.tta``: the mirror of the
+slice's columns, the flip its training augmentation applied: left-right for coronal,
+front-back for sagittal) and 2.5D context (``data.context_slices``: neighbours
+``data.context_mm`` apart along the plane's slicing axis, the distance between its view's
+slices that its training data recorded, `kidneyseg.plane_views`).
 
 A folder (or an ``inference.planes`` choice) with axial models only takes
 `kidneyseg.localization.segment_cascade` unchanged, so its results are bit-identical to a
@@ -75,8 +85,9 @@ def select_planes(
     ("all") or the listed planes it has.
 
     Raises:
-        KidneysegError: a listed plane that no phase has, a phase left without a plane, or
-            plane models with ``settings.mode = "fast"``.
+        KidneysegError: a listed plane that no phase has, a phase left without a plane,
+            plane models with ``settings.mode = "fast"``, or a plane model whose outputs are
+            not its axial model's (`check_outputs`).
     """
     held = {p: {"axial": axial[p], **others.get(p, {})} for p in PHASES}
     chosen = held
@@ -98,7 +109,26 @@ def select_planes(
             "coronal/sagittal models too: use inference.mode=naive to average the planes, or "
             "inference.planes=axial for the fast axial cascade"
         )
+    check_outputs(axial, chosen)
     return chosen
+
+
+def check_outputs(axial: Mapping[str, PhaseRunner], runners: Runners) -> None:
+    """Every plane model of a phase must predict the outputs of its axial model (what the
+    labels and probability files are made of, `kidneyseg.inference.Predictor`).
+
+    Raises:
+        KidneysegError: e.g. a tumor model with cysts beside a coronal one without.
+    """
+    for phase, planes in runners.items():
+        want = axial[phase].outputs
+        for plane, runner in planes.items():
+            if runner.outputs != want:
+                raise KidneysegError(
+                    f"the {phase} {plane} model predicts {', '.join(runner.outputs)} but the "
+                    f"axial one {', '.join(want)}: a phase's plane models must be trained with "
+                    "the same data.tumor_classes (or choose planes with inference.planes)"
+                )
 
 
 def add_plane_probability(
@@ -110,9 +140,12 @@ def add_plane_probability(
     seen: npt.NDArray[np.bool_] | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> None:
-    """Run one plane model on the CT's view and add its probability (``0..255``, back on
-    the canonical grid) to ``total``.
+    """Run one plane model on the CT's view and add each output's probability (``0..255``,
+    back on the canonical grid) to ``total`` (float32 ``(outputs, z, y, x)``).
 
+    A 2.5D model (``data.context_slices > 1``) reads its neighbours ``data.context_mm`` apart
+    along the plane's slicing axis (canonical y for coronal, x for sagittal; the plane view's
+    slice distance, `kidneyseg.planes.PlaneGrid.view_spacing`), as its training slices did.
     With a ``region`` (phase 2), the model runs only on plane slices that cut it, on CT x
     region grown by the model's ``data.region_margin_mm`` in the plane's slices; its
     probability is 0 outside that grown region, which is or-ed into ``seen``.
@@ -125,44 +158,70 @@ def add_plane_probability(
         slices = slices_with(region, grid)
     _, height, width = grid.view_shape
     step = max(runner.batch_size, _CHUNK_VOXELS // (height * width))
+    spacing_z = grid.view_spacing[0]
     for start in range(0, len(slices), step):
         idx = slices[start : start + step]
-        buf = np.empty((len(idx), height, width), np.uint8)
-        runner.segment(cast(Any, view), idx, cast(Any, masks), progress=progress, probabilities=buf)
-        prob = np.asarray(grid.from_view(buf, linear=True), np.float32)
-        if masks is not None:
-            inside = grid.from_view(masks[idx])
-            prob[~inside] = 0
-            if seen is not None:
-                grid.put(seen, idx, grid.take(seen, idx) | inside)
-        grid.put(total, idx, grid.take(total, idx) + prob)
+        buf = np.empty((len(total), len(idx), height, width), np.uint8)
+        runner.segment(
+            cast(Any, view),
+            idx,
+            cast(Any, masks),
+            progress=progress,
+            probabilities=buf,
+            spacing_z=spacing_z,
+        )
+        inside = None if masks is None else grid.from_view(masks[idx])
+        if inside is not None and seen is not None:
+            grid.put(seen, idx, grid.take(seen, idx) | inside)
+        for output, out_total in zip(buf, total, strict=True):
+            prob = np.asarray(grid.from_view(output, linear=True), np.float32)
+            if inside is not None:
+                prob[~inside] = 0
+            grid.put(out_total, idx, grid.take(out_total, idx) + prob)
 
 
 def fuse_phase(
     runners: Mapping[str, PhaseRunner],
     ct: npt.NDArray[Any],
     spacing: tuple[float, float, float],
-    threshold: float,
     region: npt.NDArray[np.bool_] | None = None,
     progress: Callable[[int], object] | None = None,
-    probabilities: npt.NDArray[np.uint8] | None = None,
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_] | None]:
-    """One phase over its planes: the mask where the planes' mean probability (in steps of
-    1/255, as stored) is above ``threshold``, and (with a ``region``) where any plane's
-    phase 2 looked.
-
-    ``probabilities`` (uint8, the CT's shape), when given, receives that mean
-    (``round(p x 255)``)."""
-    total = np.zeros(ct.shape, np.float32)
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_] | None]:
+    """One phase over its planes: each output's mean probability over the planes, in steps
+    of 1/255 as stored (float32 ``(outputs, z, y, x)`` holding ``round(mean p x 255)``), and
+    (with a ``region``) where any plane's phase 2 looked."""
+    outputs = next(iter(runners.values())).outputs
+    total = np.zeros((len(outputs), *ct.shape), np.float32)
     seen = None if region is None else np.zeros(ct.shape, bool)
     for plane in (p for p in PLANES if p in runners):
         grid = PlaneGrid(plane, ct.shape, spacing)
         add_plane_probability(runners[plane], ct, grid, total, region, seen, progress)
     total /= np.float32(len(runners))
-    np.rint(total, out=total)  # the mask is the same whether probabilities are kept or not
-    if probabilities is not None:
-        probabilities[...] = total
-    return total > threshold * PROBABILITY_SCALE, seen
+    np.rint(total, out=total)  # the masks are the same whether probabilities are kept or not
+    return total, seen
+
+
+def classify_means(
+    means: npt.NDArray[np.float32], threshold: float
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint8]]:
+    """Masks and classes of fused means (`fuse_phase`), by the rule of
+    `kidneyseg.phase_runner.classify_logits`: foreground where the most probable output's
+    mean is above ``threshold``, its class that output's index (the first one on ties: a
+    tumor where p_tumor >= p_cyst).
+
+    Example:
+        >>> means = np.array([[[[200, 100, 60]]], [[[90, 150, 60]]]], np.float32)
+        >>> mask, best = classify_means(means, 0.5)
+        >>> mask.tolist(), best.tolist()
+        ([[[True, True, False]]], [[[0, 1, 0]]])
+    """
+    best_mean = means[0]
+    best = np.zeros(best_mean.shape, np.uint8)
+    for c in range(1, len(means)):
+        better = means[c] > best_mean  # strictly: the first output wins ties
+        best[better] = c
+        best_mean = np.maximum(best_mean, means[c])
+    return best_mean > threshold * PROBABILITY_SCALE, best
 
 
 def segment_planes(
@@ -173,9 +232,16 @@ def segment_planes(
     progress: Callable[[int], object] | None = None,
     kidney_prob: npt.NDArray[np.uint8] | None = None,
     tumor_prob: npt.NDArray[np.uint8] | None = None,
+    cyst: npt.NDArray[np.bool_] | None = None,
+    cyst_prob: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """The cascade's raw masks ``(kidney, tumor, region)`` of a canonical CT over the planes
     of ``runners`` (`select_planes`); axial only: `segment_cascade` itself.
+
+    A phase 2 with tumor and cyst outputs averages each output over the planes and splits
+    the masses as the axial cascade does (`classify_means`): ``cyst`` (bool, the CT's shape;
+    required then) receives the masses whose cyst mean is the higher, the tumor mask the
+    rest. ``kidney_prob`` / ``tumor_prob`` / ``cyst_prob`` receive the means.
 
     Raises:
         KidneysegError: plane models with ``settings.mode = "fast"``.
@@ -185,12 +251,30 @@ def segment_planes(
         return segment_cascade(
             kidney_runners["axial"],
             tumor_runners["axial"],
-            *(ct, spacing, settings, progress, kidney_prob, tumor_prob),
+            *(ct, spacing, settings, progress, kidney_prob, tumor_prob, cyst, cyst_prob),
         )
     if settings.mode == "fast":
         raise KidneysegError("inference.mode=fast runs axial models only; use naive")
+    outputs = next(iter(tumor_runners.values())).outputs
+    if "cyst" in outputs and cyst is None:
+        raise ValueError("this phase-2 model predicts cysts too: pass a cyst array to fill")
     threshold = settings.threshold
-    kidney, _ = fuse_phase(kidney_runners, ct, spacing, threshold, None, progress, kidney_prob)
-    tumor, seen = fuse_phase(tumor_runners, ct, spacing, threshold, kidney, progress, tumor_prob)
+    means, _ = fuse_phase(kidney_runners, ct, spacing, None, progress)
+    kidney = means[0] > threshold * PROBABILITY_SCALE
+    if kidney_prob is not None:
+        kidney_prob[...] = means[0]
+    means, seen = fuse_phase(tumor_runners, ct, spacing, kidney, progress)
     assert seen is not None
+    mass, best = classify_means(means, threshold)
+    targets = {"tumor": tumor_prob, "cyst": cyst_prob}
+    for array in (*targets.values(), cyst):
+        if array is not None:
+            array[...] = 0
+    for index, name in enumerate(outputs):
+        target = targets.get(name)
+        if target is not None:
+            target[...] = means[index]
+    tumor = mass & (best == outputs.index("tumor"))
+    if cyst is not None and "cyst" in outputs:
+        cyst[...] = mass & (best == outputs.index("cyst"))
     return kidney, tumor, seen

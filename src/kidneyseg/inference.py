@@ -7,7 +7,8 @@
 2. phase 2 on CT x region, *only* on slices where the region is non-empty (most slices of an
    abdominal CT hold no kidney, so this roughly halves the time) -> tumor;
 3. `kidneyseg.postprocessing.postprocess` -> uint8 labels 0/1/2, put back into the input's
-   exact geometry.
+   exact geometry. A phase 2 trained on tumor and cyst (``data.tumor_classes = "tumor,cyst"``,
+   the ``kits`` preset) adds label 3: its masses are split by the more probable output.
 
 `predict` (the ``kidneyseg predict`` command) plans the inputs and outputs
 (`kidneyseg.inputs.plan_prediction`), loads the models and runs the plan, skipping cases already
@@ -30,7 +31,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,13 @@ from kidneyseg.config import Config, config_to_dict, resolve_config
 from kidneyseg.dicom_seg import write_dicom_seg
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import (
+    OUTPUT_FORMATS,
     header_description,
     probability_path,
     provenance,
     seg_path,
-    stats_document,
     write_stats,
+    writes_seg,
 )
 from kidneyseg.formats.run_dir import model_id, require_best_checkpoint
 from kidneyseg.fusion import load_plane_runners, segment_planes, select_planes
@@ -54,6 +55,7 @@ from kidneyseg.hardware import resolve_device, use_all_cores
 from kidneyseg.inputs import (
     InputCase,
     PredictionPlan,
+    PredictReport,
     check_output_file,
     check_writable,
     plan_prediction,
@@ -67,45 +69,6 @@ from kidneyseg.types import Volume
 
 #: Settings that may change at prediction time; the rest must match what the models learnt.
 PREDICT_SECTIONS = ("inference", "postprocess")
-#: ``--output-format``: the label file, a DICOM SEG beside it (DICOM input only), or both.
-OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
-
-
-@dataclass
-class PredictReport:
-    """What a `Predictor.predict_paths` run did.
-
-    Attributes:
-        written: label files written in this run.
-        skipped: label files that already existed (folder mode resumes).
-        failed: ``(case_id, message)`` of each case that could not be predicted.
-        stats: ``case_id -> kidneyseg.stats.label_statistics`` of every written or skipped case.
-        provenance: the model that predicted (`kidneyseg.formats.pred_dir.provenance`).
-        seconds: wall time of the run.
-    """
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seconds: float = 0.0
-    provenance: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        """One line: counts of predicted, skipped and failed cases, and the time taken."""
-        per_case = f" ({self.seconds / len(self.written):.1f} s per case)" if self.written else ""
-        return (
-            f"{len(self.written)} predicted, {len(self.skipped)} skipped (already done), "
-            f"{len(self.failed)} failed in {self.seconds:.1f} s{per_case}"
-        )
-
-    def stats_json(self) -> dict[str, Any]:
-        """The ``--stats`` file's content (`kidneyseg.formats.pred_dir.stats_document`)."""
-        return stats_document(self.stats, dict(self.failed), self.provenance)
 
 
 def _predict_config(
@@ -131,16 +94,19 @@ class Predictor:
         device: ``auto``/``cpu``/``cuda``/``mps``; None = the checkpoint's ``inference.device``.
         batch_size: slices per forward pass; None = the checkpoint's ``inference.batch_size``.
         progress: show a progress bar per volume (on stderr, when it is a terminal).
-        output_format: ``nifti``, ``dicom-seg`` or ``both`` (`OUTPUT_FORMATS`); None = both for
-            DICOM input, the label file otherwise. ``dicom-seg`` and ``both`` write
-            ``<name>.seg.dcm`` beside the label file's path (``dicom-seg``: that file only).
+        output_format: `OUTPUT_FORMATS`; None = ``auto``: the label file, plus for DICOM input
+            ``<name>.seg.dcm`` beside it; ``nifti``/``nrrd``/``mha``: the label file only;
+            ``dicom-seg``: the SEG only; ``both``: both (DICOM input only).
         config_file: config file whose ``inference``/``postprocess`` sections apply.
         overrides: ``section.key=value`` strings, e.g. ``["postprocess.min_component_ml=0.5"]``.
-        save_probabilities: also write each phase's probability map beside each label file
-            (uint8, p x 255; `kidneyseg.formats.pred_dir.probability_path`).
+        save_probabilities: also write each output's probability map beside each label file
+            (uint8, p x 255; `kidneyseg.formats.pred_dir.probability_path`): kidney, tumor,
+            and cyst when phase 2 predicts cysts.
 
     Attributes:
         config: the kidney checkpoint's config with the prediction-time settings applied.
+        predicts_cysts: phase 2 predicts cysts too (labels 0-3 out, not 0-2).
+        planes: each phase's runners by plane (`kidneyseg.fusion.select_planes`).
         provenance: model id (hash of both checkpoints), package version, device, precision.
 
     Raises:
@@ -178,10 +144,12 @@ class Predictor:
         if self.batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {self.batch_size})")
         self.progress = progress
+        how = (inference.precision, self.batch_size, inference.threshold, inference.tta)
         for runner in (kidney, tumor, *(r for plane in others.values() for r in plane.values())):
-            runner.configure(self.device, inference.precision, self.batch_size, inference.threshold)
+            runner.configure(self.device, *how)
         self.phases = {"kidney": kidney, "tumor": tumor}
         self.planes = select_planes(self.phases, others, inference)
+        self.predicts_cysts = "cyst" in tumor.outputs
         if output_format not in (None, *OUTPUT_FORMATS):
             raise KidneysegError(
                 f"unknown output format {output_format!r}; choose {', '.join(OUTPUT_FORMATS)}"
@@ -195,8 +163,15 @@ class Predictor:
 
     # ---------------------------------------------------------------- one volume
 
+    @property
+    def probability_outputs(self) -> tuple[str, ...]:
+        """The probability maps `predict_probability_maps` gives (and ``--save-probabilities``
+        writes): kidney, tumor, and cyst when phase 2 predicts cysts."""
+        return ("kidney", "tumor", "cyst") if self.predicts_cysts else ("kidney", "tumor")
+
     def predict_volume(self, volume: Volume) -> Volume:
-        """Labels (uint8: 0 background, 1 kidney, 2 tumor) in ``volume``'s exact geometry.
+        """Labels (uint8: 0 background, 1 kidney, 2 tumor, 3 cyst when phase 2 predicts cysts)
+        in ``volume``'s exact geometry.
 
         Raises:
             KidneysegError: the values are clearly not CT in HU.
@@ -208,10 +183,17 @@ class Predictor:
 
     def predict_probabilities(self, volume: Volume) -> tuple[Volume, Volume, Volume]:
         """Labels and the kidney and tumor probabilities (uint8, ``round(p x 255)``), all in
-        ``volume``'s exact geometry; the labels are those of `predict_volume`."""
+        ``volume``'s exact geometry; the labels are those of `predict_volume`. (The cyst
+        probability too: `predict_probability_maps`.)"""
+        labels, probs = self.predict_probability_maps(volume)
+        return labels, probs["kidney"], probs["tumor"]
+
+    def predict_probability_maps(self, volume: Volume) -> tuple[Volume, dict[str, Volume]]:
+        """Labels and every output's probability (uint8, ``round(p x 255)``) by name
+        (`probability_outputs`), all in ``volume``'s exact geometry."""
         labels, probs = self._predict(volume, volume.case_id or None, probabilities=True)
         assert probs is not None
-        return labels, probs[0], probs[1]
+        return labels, probs
 
     def segment_canonical(
         self,
@@ -220,27 +202,34 @@ class Predictor:
         bar: Any = None,
         kidney_prob: npt.NDArray[np.uint8] | None = None,
         tumor_prob: npt.NDArray[np.uint8] | None = None,
+        cyst: npt.NDArray[np.bool_] | None = None,
+        cyst_prob: npt.NDArray[np.uint8] | None = None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """The cascade's raw masks on a canonical ``(z, y, x)`` CT, before postprocessing.
 
         ``inference.mode = "fast"`` runs both phases only around the kidneys
         (`kidneyseg.localization.segment_fast`); ``"naive"`` runs phase 1 on every whole slice.
+        With coronal / sagittal models (`planes`) each phase is the mean of its planes'
+        probabilities (`kidneyseg.fusion.segment_planes`; naive mode only).
 
         Returns:
             ``(kidney, tumor, region)``: phase 1's mask, phase 2's mask (only on slices with
             kidney) and the region phase 2 saw (phase 1 grown by ``data.region_margin_mm``).
-            ``kidney_prob`` / ``tumor_prob``, when given, receive the probabilities
-            (`kidneyseg.localization.segment_cascade`).
+            ``kidney_prob`` / ``tumor_prob`` / ``cyst_prob``, when given, receive the
+            probabilities (`kidneyseg.localization.segment_cascade`). When phase 2 predicts
+            cysts (`predicts_cysts`), ``cyst`` (bool, the CT's shape) is required and receives
+            the cyst mask; the tumor mask then excludes cysts.
         """
         update = None if bar is None else bar.update
         settings = self.config.inference  # with plane models: their mean (kidneyseg.fusion)
-        return segment_planes(self.planes, ct, spacing, settings, update, kidney_prob, tumor_prob)
+        probs = (kidney_prob, tumor_prob, cyst, cyst_prob)
+        return segment_planes(self.planes, ct, spacing, settings, update, *probs)
 
     def _predict(
         self, volume: Volume, source: str | Path | None, probabilities: bool = False
-    ) -> tuple[Volume, tuple[Volume, Volume] | None]:
-        """Labels in ``volume``'s geometry, and (``probabilities``) the kidney and tumor
-        probability volumes beside them."""
+    ) -> tuple[Volume, dict[str, Volume] | None]:
+        """Labels in ``volume``'s geometry, and (``probabilities``) the probability volumes
+        of `probability_outputs` beside them."""
         from tqdm.auto import tqdm
 
         ct = volume.to_canonical()
@@ -254,14 +243,23 @@ class Predictor:
             disable=None if self.progress else True,
         )
         spacing = volume.canonical_spacing
-        k_prob = np.zeros(ct.shape, np.uint8) if probabilities else None
-        t_prob = np.zeros(ct.shape, np.uint8) if probabilities else None
+        outputs = self.probability_outputs if probabilities else ()
+        probs = {name: np.zeros(ct.shape, np.uint8) for name in outputs}
+        cyst = np.zeros(ct.shape, bool) if self.predicts_cysts else None
         with bar:
-            kidney, tumor, region = self.segment_canonical(ct, spacing, bar, k_prob, t_prob)
-        labels = postprocess(kidney, tumor, spacing, self.config.postprocess, region=region)
-        outs = [volume.from_canonical(a) for a in (labels, k_prob, t_prob) if a is not None]
-        outs = [out.with_array(np.ascontiguousarray(out.array)) for out in outs]
-        return outs[0], (outs[1], outs[2]) if len(outs) == 3 else None
+            kidney, tumor, region = self.segment_canonical(
+                ct, spacing, bar, probs.get("kidney"), probs.get("tumor"), cyst, probs.get("cyst")
+            )
+        labels = postprocess(
+            kidney, tumor, spacing, self.config.postprocess, region=region, cyst=cyst
+        )
+
+        def in_input_geometry(canonical: npt.NDArray[Any]) -> Volume:
+            out = volume.from_canonical(canonical)
+            return out.with_array(np.ascontiguousarray(out.array))
+
+        maps = {name: in_input_geometry(prob) for name, prob in probs.items()}
+        return in_input_geometry(labels), maps if probabilities else None
 
     # ---------------------------------------------------------------- files
 
@@ -303,8 +301,8 @@ class Predictor:
         if case_id:
             volume = volume.with_array(volume.array, case_id=case_id)
         is_dicom = "series_uid" in volume.metadata
-        fmt = self.output_format or ("both" if is_dicom else "nifti")
-        if fmt != "nifti" and not is_dicom:
+        fmt = self.output_format or "auto"
+        if fmt in ("dicom-seg", "both") and not is_dicom:
             raise KidneysegError(
                 f"--output-format {fmt} needs a DICOM series as input (a DICOM SEG references "
                 "its source images)",
@@ -314,22 +312,14 @@ class Predictor:
         description = header_description(self.provenance)
         if fmt != "dicom-seg":
             write_volume(labels, out, description)
-        if fmt != "nifti":
-            write_dicom_seg(labels, path, seg_path(out), self.provenance, series)
+        if writes_seg(fmt, is_dicom):
+            write_dicom_seg(
+                labels, path, seg_path(out), self.provenance, series, cysts=self.predicts_cysts
+            )
         if probs is not None:  # last: folder mode redoes a case whose probabilities are missing
-            for phase, prob in zip(("kidney", "tumor"), probs, strict=True):
-                write_volume(prob, probability_path(out, phase), description)
+            for name, prob in probs.items():
+                write_volume(prob, probability_path(out, name), description)
         return volume, labels
-
-    def _done(self, case: InputCase) -> bool:
-        """Whether folder mode finds a case's output already there."""
-        if self.save_probabilities and not all(
-            probability_path(case.target, phase).exists() for phase in ("kidney", "tumor")
-        ):
-            return False
-        if self.output_format == "dicom-seg":
-            return seg_path(case.target).exists()
-        return case.target.exists()
 
     def predict_paths(
         self,
@@ -357,7 +347,9 @@ class Predictor:
             cases: only these case ids (e.g. the test split of ``PREP_DIR/split.json``).
             series: one series of a DICOM folder holding several (UID or listing number).
         """
-        plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
+        plan = plan_prediction(
+            input_path, output, shard, cases, not skip_existing, series, self.output_format
+        )
         return self.run_plan(
             plan, skip_existing=skip_existing, stats_path=stats_path, series=series
         )
@@ -374,22 +366,26 @@ class Predictor:
             check_writable(Path(stats_path), "statistics file")
         report = PredictReport(provenance=dict(self.provenance))
         start = time.perf_counter()
+        fmt = self.output_format
+        probabilities = self.probability_outputs if self.save_probabilities else ()
         for case in plan.cases:
-            if plan.collection and skip_existing and self._done(case):
+            picked = case.series if plan.collection else case.series or series
+            args = (case.source, case.target, case.case_id, picked)
+            if plan.collection and skip_existing and case.done(fmt, probabilities):
                 report.skipped.append(case.target)
                 if stats_path is not None and case.target.exists():
                     try:  # statistics of earlier runs' outputs: no re-run needed
-                        ct = read_image(case.source)
+                        ct = read_image(case.source, case.series)
                         old = read_labels(case.target, like=ct)
                         report.stats[case.case_id] = label_statistics(old, ct)
                     except KidneysegError as exc:
                         self._report_failure(report, case, str(exc))
                 continue
             if not plan.collection:
-                ct, labels = self._predict_file(case.source, case.target, case.case_id, series)
+                ct, labels = self._predict_file(*args)
             else:
                 try:
-                    ct, labels = self._predict_file(case.source, case.target, case.case_id)
+                    ct, labels = self._predict_file(*args)
                 except KidneysegError as exc:
                     self._report_failure(report, case, str(exc))
                     continue
@@ -435,7 +431,8 @@ def predict(
     Example:
         >>> report = predict("ct.nii.gz", "labels.nii.gz", "runs/paper")  # doctest: +SKIP
     """
-    plan = plan_prediction(input_path, output, shard, cases, overwrite=not skip_existing)
+    overwrite = not skip_existing
+    plan = plan_prediction(input_path, output, shard, cases, overwrite, series, output_format)
     if stats_path is not None:
         check_writable(Path(stats_path), "statistics file")
     predictor = Predictor(

@@ -13,10 +13,19 @@ cascade's answer inside a generous crop equals its answer on the whole slice. Fa
    box's edge (where the box is not already the image edge) grows the box and runs again.
 4. **Phase 2** only on slices whose region is non-empty, on a box around the region.
 
+``inference.fast_crop`` says what the boxes cut: ``"axial"`` (default) keeps whole slices and
+cuts only the axial range, so every slice that runs gets exactly the naive cascade's answer
+(the only difference: kidney the naive cascade would find beyond the range); ``"box"`` also
+crops in-plane, which is faster but lets the crop edge change what a network with a large
+receptive field answers near it (README "Speed").
+
 `segment_cascade` runs this when ``inference.mode = "fast"`` and the whole-slice cascade with
-``"naive"`` (the default). Given uint8 arrays to fill (``kidney_prob``, ``tumor_prob``), it also
-keeps each phase's probability (`kidneyseg.phase_runner.quantize_probability`): 0 wherever the
-phase did not run, and phase 2's also 0 outside the region it saw.
+``"naive"`` (the default). Given uint8 arrays to fill (``kidney_prob``, ``tumor_prob``,
+``cyst_prob``), it also keeps each output's probability
+(`kidneyseg.phase_runner.quantize_probability`): 0 wherever the phase did not run, and phase 2's
+also 0 outside the region it saw. A phase-2 model that predicts cysts too
+(``data.tumor_classes = "tumor,cyst"``) splits its masses into the tumor mask and a ``cyst``
+array the caller gives (`kidneyseg.phase_runner.classify_logits`).
 `kidneyseg.inference.Predictor` and the phase-1 regions of phase-2 training
 (`kidneyseg.regions`) both call it. ``benchmarks/predict_speed.py`` times both modes and
 reports the Dice between their label maps.
@@ -37,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kidneyseg.config import InferenceConfig
+from kidneyseg.errors import KidneysegError
 from kidneyseg.normalization import expand_region
 from kidneyseg.phase_runner import PhaseRunner
 
@@ -196,6 +206,16 @@ def kidney_boxes(
     return boxes
 
 
+def in_plane_crop(settings: InferenceConfig) -> bool:
+    """Whether fast mode also crops in-plane (``inference.fast_crop``: "box") or only along the
+    axial axis ("axial")."""
+    if settings.fast_crop not in ("axial", "box"):
+        raise KidneysegError(
+            f"inference.fast_crop must be 'axial' or 'box' (got {settings.fast_crop!r})"
+        )
+    return settings.fast_crop == "box"
+
+
 def segment_kidneys(
     runner: PhaseRunner,
     ct: npt.NDArray[Any],
@@ -213,22 +233,30 @@ def segment_kidneys(
     # A short volume (a few slices, or thick ones) gains nothing from a coarse pass.
     if settings.mode == "naive" or ct.shape[0] < 3 * step:
         everything = np.arange(ct.shape[0])
-        return runner.segment(ct, everything, progress=progress, probabilities=probabilities)
+        return runner.segment(
+            ct, everything, progress=progress, probabilities=probabilities, spacing_z=spacing[0]
+        )
     if probabilities is not None:
         probabilities[...] = 0
     shape = ct.shape
     kidney = np.zeros(shape, bool)
     coarse = np.arange(min(step // 2, shape[0] - 1), shape[0], step)
     body = body_box(ct, coarse)
-    hits = runner.segment(ct, coarse, progress=progress, box=body)
+    hits = runner.segment(ct, coarse, progress=progress, box=body, spacing_z=spacing[0])
     dz, dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing)
     limits = Box(0, shape[0], *body)
     boxes = kidney_boxes(hits, coarse, step, body, shape[0], (dz, dy, dx))
+    if not in_plane_crop(settings):  # whole slices over each kidney's axial range
+        limits = Box(0, shape[0], 0, shape[1], 0, shape[2])
+        boxes = [Box(b.z0, b.z1, *limits.plane) for b in boxes]
     for box in merge_if_cheaper(boxes):
         for _ in range(MAX_GROWTH + 1):
             zs = np.arange(box.z0, box.z1)
             buf = None if probabilities is None else np.empty((len(zs), *shape[1:]), np.uint8)
-            part = runner.segment(ct, zs, progress=progress, box=box.plane, probabilities=buf)
+            plane = box.plane if in_plane_crop(settings) else None
+            part = runner.segment(
+                ct, zs, progress=progress, box=plane, probabilities=buf, spacing_z=spacing[0]
+            )
             if not _touches(part[:, box.y0 : box.y1, box.x0 : box.x1], box, limits):
                 break
             box = _grow(box, limits, dz, dy, dx)
@@ -246,27 +274,56 @@ def segment_tumors(
     settings: InferenceConfig,
     progress: Callable[[int], object] | None = None,
     probabilities: npt.NDArray[np.uint8] | None = None,
+    cyst: npt.NDArray[np.bool_] | None = None,
+    cyst_probabilities: npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.bool_]:
-    """Phase 2's mask: only on slices where ``region`` is non-empty; in fast mode only on a box
-    (per body side) around the region, grown by ``settings.crop_margin_mm``.
+    """Phase 2's tumor mask: only on slices where ``region`` is non-empty; in fast mode with
+    ``inference.fast_crop = "box"`` only on a box (per body side) around the region, grown by
+    ``settings.crop_margin_mm``.
 
-    ``probabilities`` (uint8, the CT's shape), when given, receives the phase's probability on
-    the slices and boxes it ran on (0 elsewhere)."""
+    ``probabilities`` (uint8, the CT's shape), when given, receives the tumor probability on
+    the slices and boxes it ran on (0 elsewhere). A model that predicts cysts too fills
+    ``cyst`` (bool, the CT's shape; required then) with the masses whose cyst output is the more
+    probable, and ``cyst_probabilities`` when given; the tumor mask holds the other masses.
+    Where two boxes overlap and disagree, tumor wins (as on ties)."""
     tumor = np.zeros(ct.shape, bool)
-    if probabilities is not None:
-        probabilities[...] = 0
+    outputs = runner.outputs
+    if "cyst" in outputs and cyst is None:
+        raise ValueError("this phase-2 model predicts cysts too: pass a cyst array to fill")
+    targets = {"tumor": probabilities, "cyst": cyst_probabilities}
+    for array in (*targets.values(), cyst):
+        if array is not None:
+            array[...] = 0
+    want = [(i, targets[name]) for i, name in enumerate(outputs) if targets.get(name) is not None]
 
     def run(zs: npt.NDArray[np.intp], box: tuple[int, int, int, int] | None) -> None:
-        buf = None if probabilities is None else np.empty((len(zs), *ct.shape[1:]), np.uint8)
-        tumor[zs] |= runner.segment(ct, zs, region, progress=progress, box=box, probabilities=buf)
-        if probabilities is not None and buf is not None:
-            probabilities[zs] = np.maximum(probabilities[zs], buf)
+        shape = (len(zs), *ct.shape[1:])
+        buf = np.empty((len(outputs), *shape), np.uint8) if want else None
+        best = np.empty(shape, np.uint8) if cyst is not None and "cyst" in outputs else None
+        mask = runner.segment(
+            ct,
+            zs,
+            region,
+            progress=progress,
+            box=box,
+            probabilities=buf,
+            best_output=best,
+            spacing_z=spacing[0],
+        )
+        if best is not None and cyst is not None:
+            is_cyst = best == outputs.index("cyst")
+            cyst[zs] |= mask & is_cyst
+            mask &= ~is_cyst
+        tumor[zs] |= mask
+        for index, target in want:
+            if buf is not None and target is not None:
+                target[zs] = np.maximum(target[zs], buf[index])
 
-    if settings.mode == "naive":
+    if settings.mode == "naive" or not in_plane_crop(settings):  # whole region slices
         zs = np.flatnonzero(region.any(axis=(1, 2)))
         if len(zs):
             run(zs, None)
-        return tumor
+        return tumor  # one run per slice: tumor and cyst cannot overlap
     dy, dx = (int(math.ceil(settings.crop_margin_mm / s)) for s in spacing[1:])
     body = body_box(ct, np.flatnonzero(region.any(axis=(1, 2)))[::4])
     whole = Box(0, ct.shape[0], 0, ct.shape[1], 0, ct.shape[2])
@@ -275,6 +332,8 @@ def segment_tumors(
         inside = region[box.z0 : box.z1, box.y0 : box.y1, box.x0 : box.x1]
         zs = box.z0 + np.flatnonzero(inside.any(axis=(1, 2)))
         run(zs, box.plane)
+    if cyst is not None:
+        cyst &= ~tumor
     return tumor
 
 
@@ -287,18 +346,25 @@ def segment_cascade(
     progress: Callable[[int], object] | None = None,
     kidney_prob: npt.NDArray[np.uint8] | None = None,
     tumor_prob: npt.NDArray[np.uint8] | None = None,
+    cyst: npt.NDArray[np.bool_] | None = None,
+    cyst_prob: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """The cascade's raw masks ``(kidney, tumor, region)`` of a canonical CT.
 
     Phase 2 sees phase 1's mask grown by the tumor model's ``data.region_margin_mm``, as it
-    was trained (0 mm: the paper's tight region). ``kidney_prob`` / ``tumor_prob`` (uint8, the
-    CT's shape), when given, receive each phase's probability (``round(p x 255)``); phase 2's
-    is 0 outside the region.
+    was trained (0 mm: the paper's tight region). ``kidney_prob`` / ``tumor_prob`` /
+    ``cyst_prob`` (uint8, the CT's shape), when given, receive each output's probability
+    (``round(p x 255)``); phase 2's are 0 outside the region. A phase-2 model that predicts
+    cysts too needs ``cyst`` (bool, the CT's shape), which receives its cyst mask
+    (`segment_tumors`); a tumor-only model leaves it all False.
     """
     kidney = segment_kidneys(kidney_runner, ct, spacing, settings, progress, kidney_prob)
     margin_mm = tumor_runner.config.data.region_margin_mm
     region = expand_region(kidney, (spacing[1], spacing[2]), margin_mm)
-    tumor = segment_tumors(tumor_runner, ct, region, spacing, settings, progress, tumor_prob)
-    if tumor_prob is not None:
-        tumor_prob[~region] = 0
+    tumor = segment_tumors(
+        tumor_runner, ct, region, spacing, settings, progress, tumor_prob, cyst, cyst_prob
+    )
+    for prob in (tumor_prob, cyst_prob):
+        if prob is not None:
+            prob[~region] = 0
     return kidney, tumor, region

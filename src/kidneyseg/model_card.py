@@ -91,6 +91,7 @@ def model_card(run_dir: str | Path) -> dict[str, Any]:
             "train_loss": meta.extra.get("train_loss"),
             "normalization": meta.normalization.to_dict(),
             "architecture": meta.config.model.architecture,
+            "outputs": list(meta.outputs),
             "training_data": None if prep is None else _training_data(Path(prep)),
             "config": config_to_dict(meta.config),
         }
@@ -121,7 +122,8 @@ def format_card(card: dict[str, Any]) -> str:
             continue
         loss = "" if p["val_loss"] is None else f", val loss {p['val_loss']:.4f}"
         lines.append(
-            f"{phase:<12} {p['architecture']}, epoch {p['epoch']}{loss}, kidneyseg "
+            f"{phase:<12} {p['architecture']} ({', '.join(p.get('outputs') or [phase])}), epoch "
+            f"{p['epoch']}{loss}, kidneyseg "
             f"{p['kidneyseg_version']}, window {p['normalization'].get('window')}"
         )
         data = p["training_data"]

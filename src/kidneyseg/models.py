@@ -1,13 +1,17 @@
 """Networks and their checkpoints.
 
 * ``unet_resnet34`` (paper §3): U-Net with an ImageNet-pretrained ResNet34 encoder, from
-  segmentation_models_pytorch, 1 input channel, 1 output logit.
+  segmentation_models_pytorch, 1 input channel (``data.context_slices`` with 2.5D context;
+  3 uses the RGB stem as it is), 1 output logit per output (`phase_config`; 2 for a
+  ``kits`` phase 2).
 * ``unet_plain`` (the paper's baseline, Table 1): a plain 5-level U-Net, two 3x3 convs per
   level, max-pool down, channels doubling, transposed-conv up, skip concatenation.
 
 A checkpoint is one ``.safetensors`` file: tensors only (loading never unpickles), with a JSON
-header entry ``kidneyseg`` holding the resolved config, the phase, the label map, the
-normalisation record and the package version, so the file alone rebuilds its model.
+header entry ``kidneyseg`` holding the resolved config, the phase, the label map, the names of
+the network's outputs (``outputs``, one per channel: ``["tumor", "cyst"]`` for a ``kits`` phase
+2), the normalisation record and the package version, so the file alone rebuilds its model.
+`phase_config` gives a phase the config it trains with (``model.classes`` = its outputs).
 
 Example:
     >>> from kidneyseg.config import ModelConfig
@@ -19,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from torch import nn
 from kidneyseg.config import Config, ModelConfig, config_from_dict, config_to_dict
 from kidneyseg.errors import KidneysegError
 from kidneyseg.normalization import NormalizationRecord
-from kidneyseg.types import LABEL_NAMES
+from kidneyseg.types import LABEL_NAMES, PHASES, phase_outputs
 from kidneyseg.utils import atomic_path, package_version
 
 CHECKPOINT_FORMAT = "kidneyseg-checkpoint"
@@ -79,6 +83,16 @@ class PlainUNet(nn.Module):
         return self.head(x)
 
 
+def _adapt_stem(stem: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``C``-input stem (ImageNet: RGB) for ``channels`` inputs, as smp adapts its ImageNet
+    weights: summed for one channel, else the filters cycled and scaled by ``C / channels``
+    (the response keeps its scale; ``C`` channels: unchanged)."""
+    if channels == 1:
+        return stem.sum(1, keepdim=True)
+    cycled = stem[:, torch.arange(channels) % stem.shape[1]]
+    return cycled * (stem.shape[1] / channels)
+
+
 def _load_local_encoder(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise KidneysegError("encoder weights file not found", path=path)
@@ -94,11 +108,10 @@ def _load_local_encoder(model: nn.Module, path: Path) -> None:
         raise KidneysegError(f"cannot read encoder weights: {exc}", path=path) from exc
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     encoder: nn.Module = model.encoder  # type: ignore[assignment]
-    # A 3-channel ImageNet stem becomes 1-channel by summing over RGB (as smp does).
     stem = state.get("conv1.weight")
     own = encoder.state_dict().get("conv1.weight")
     if stem is not None and own is not None and stem.shape[1] != own.shape[1]:
-        state = {**state, "conv1.weight": stem.sum(1, keepdim=True).repeat(1, own.shape[1], 1, 1)}
+        state = {**state, "conv1.weight": _adapt_stem(stem, own.shape[1])}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     # smp's encoder overrides load_state_dict (and returns nothing); call the base method so the
     # missing/unexpected keys can be checked.
@@ -144,6 +157,21 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+def phase_config(cfg: Config, phase: str) -> Config:
+    """``cfg`` with ``model.classes`` set to the phase's number of outputs (`phase_outputs`:
+    kidney 1; tumor one per ``data.tumor_classes`` entry), as the phase trains and records it.
+
+    Example:
+        >>> from kidneyseg.config import resolve_config
+        >>> phase_config(resolve_config("kits"), "tumor").model.classes
+        2
+    """
+    if phase not in PHASES:
+        raise KidneysegError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    classes = len(phase_outputs(phase, cfg.data.tumor_classes))
+    return replace(cfg, model=replace(cfg.model, classes=classes))
+
+
 @dataclass(frozen=True)
 class CheckpointMeta:
     """The JSON header of a checkpoint, parsed and checked.
@@ -154,7 +182,10 @@ class CheckpointMeta:
         normalization: how the phase's input is normalised.
         labels: label id (as a string) -> name.
         kidneyseg_version: the package version that wrote it.
-        extra: anything else the writer added (``epoch``, ``val_loss``, ``train_loss``).
+        extra: anything else the writer added (``epoch``, ``val_loss``, ``val_dice``,
+            ``train_loss``).
+        outputs: the network's outputs by name, one per channel (`phase_outputs`; files from
+            before the header recorded them get the config's).
     """
 
     phase: str
@@ -163,6 +194,7 @@ class CheckpointMeta:
     labels: dict[str, str]
     kidneyseg_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ("kidney",)
 
 
 #: Header key holding the hash that binds the header to the weights (see `checkpoint_digest`).
@@ -202,13 +234,22 @@ def save_checkpoint(
 ) -> None:
     """Write ``model``'s weights and everything needed to rebuild it, atomically.
 
-    The header carries `checkpoint_digest` of itself and the weights.
+    The header carries `checkpoint_digest` of itself and the weights, and the phase's
+    ``outputs`` (`phase_outputs` of ``cfg``).
 
     Raises:
-        KidneysegError: the file cannot be written (full disk...); nothing is left then.
+        KidneysegError: the file cannot be written (full disk...); nothing is left then; or
+            ``cfg.model.classes`` is not the phase's number of outputs (see `phase_config`).
     """
     from safetensors.torch import save_file
 
+    outputs = phase_outputs(phase, cfg.data.tumor_classes)
+    if cfg.model.classes != len(outputs):
+        raise KidneysegError(
+            f"model.classes={cfg.model.classes} but the {phase} phase has {len(outputs)} "
+            f"output(s) ({', '.join(outputs)}); build the model from phase_config(cfg, phase)",
+            path=path,
+        )
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {
@@ -217,6 +258,7 @@ def save_checkpoint(
         "kidneyseg_version": package_version(),
         "phase": phase,
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+        "outputs": list(outputs),
         "config": config_to_dict(cfg),
         "normalization": normalization.to_dict(),
         **(extra or {}),
@@ -239,6 +281,7 @@ _KNOWN_KEYS = {
     "kidneyseg_version",
     "phase",
     "labels",
+    "outputs",
     "config",
     "normalization",
     DIGEST_KEY,
@@ -303,6 +346,14 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raise KidneysegError(f"checkpoint names an unknown phase {phase!r}", path=p)
     labels = meta.get("labels") or {}
     extra = {k: v for k, v in meta.items() if k not in _KNOWN_KEYS}
+    outputs = phase_outputs(phase, cfg.data.tumor_classes)
+    recorded = meta.get("outputs", list(outputs))  # absent in files from before it was recorded
+    if recorded != list(outputs):
+        raise KidneysegError(
+            f"checkpoint header names outputs {recorded!r} but its config "
+            f"(data.tumor_classes={cfg.data.tumor_classes!r}) gives {list(outputs)!r}",
+            path=p,
+        )
     return CheckpointMeta(
         phase=phase,
         config=cfg,
@@ -310,6 +361,7 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         labels=dict(labels) if isinstance(labels, dict) else {},
         kidneyseg_version=str(meta.get("kidneyseg_version")),
         extra=extra,
+        outputs=outputs,
     )
 
 

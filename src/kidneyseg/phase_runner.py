@@ -4,14 +4,21 @@ The single place that turns a checkpoint into masks: `kidneyseg.inference.Predic
 for both phases, and `kidneyseg.regions` uses it to make the phase-1 regions that phase-2
 training sees with ``data.tumor_region=predicted``, so both sides segment exactly alike:
 
-1. HU of the canonical slices normalised with the checkpoint's `NormalizationRecord` (phase 2:
-   CT x kidney region);
+1. HU of the canonical slices (with ``data.context_slices > 1``, each with its neighbours at
+   ``data.context_mm`` steps, `kidneyseg.context.context_stack`, as training drew them)
+   normalised with the checkpoint's `NormalizationRecord` (phase 2: CT x kidney region);
 2. resized to the checkpoint's ``data.image_size`` (`kidneyseg.resize`), batched, channels_last
    (not on MPS), autocast at the resolved precision (`kidneyseg.hardware`);
 3. logits resized back to the slice and thresholded: ``logit > log(t / (1 - t))``, the same as
    ``sigmoid > t`` without a sigmoid over every pixel. Only when asked (``probabilities=``, for
    ``predict --save-probabilities``) is the sigmoid taken too, stored as uint8
    ``round(p x 255)`` (`PROBABILITY_SCALE`); the masks are the same either way.
+   A model with several outputs (phase 2 predicting tumor and cyst) is thresholded on its
+   most probable output, which also names the pixel's class (`classify_logits`).
+
+With ``tta`` (``inference.tta``) each batch also runs left-right mirrored (the flip of
+training augmentation), and step 3 works on the logit of the two probabilities' mean, each
+output on its own (`PhaseRunner._logits`).
 
 Example:
     >>> runner = PhaseRunner.load("run/kidney/best.safetensors", "kidney")  # doctest: +SKIP
@@ -32,6 +39,7 @@ import numpy.typing as npt
 import torch
 
 from kidneyseg.config import Config
+from kidneyseg.context import context_stack
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import PROBABILITY_SCALE
 from kidneyseg.hardware import autocast, resolve_precision
@@ -64,6 +72,34 @@ def logit_threshold(threshold: float) -> float:
     return math.log(threshold / (1.0 - threshold))
 
 
+def classify_logits(
+    logits: torch.Tensor, threshold_logit: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks and classes of ``(N, C, H, W)`` logits, one channel per output.
+
+    A pixel is foreground where its most probable output has probability > t, i.e. its highest
+    logit > ``threshold_logit`` (`logit_threshold`; the sigmoid is monotonic), and its class is
+    that output's index, the first one on ties. For phase 2 with tumor and cyst: a mass where
+    max(p_tumor, p_cyst) > t, a tumor where p_tumor >= p_cyst, else a cyst. One output: the
+    mask is ``logit > threshold_logit``, the class 0.
+
+    Returns:
+        bool ``(N, H, W)`` masks and uint8 ``(N, H, W)`` output indices.
+
+    Example:
+        >>> mask, best = classify_logits(torch.tensor([[[[2.0, -1, 1]], [[2.0, -3, 3]]]]), 0.0)
+        >>> mask.tolist(), best.tolist()
+        ([[[True, False, True]]], [[[0, 0, 1]]])
+    """
+    best_logit = logits[:, 0]
+    best = torch.zeros(best_logit.shape, dtype=torch.uint8, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best_logit  # strictly: the first output wins ties
+        best[better] = c
+        best_logit = torch.maximum(best_logit, logits[:, c])
+    return best_logit > threshold_logit, best
+
+
 class PhaseRunner:
     """A phase's network with its checkpoint metadata, ready to segment canonical slices.
 
@@ -74,6 +110,7 @@ class PhaseRunner:
         precision: ``auto``/``fp32``/``bf16``/``fp16`` (resolved for ``device``).
         batch_size: slices per forward pass.
         threshold: probability threshold on the sigmoid output.
+        tta: flip test-time augmentation (`_logits`).
     """
 
     def __init__(
@@ -84,10 +121,11 @@ class PhaseRunner:
         precision: str = "auto",
         batch_size: int = 16,
         threshold: float = 0.5,
+        tta: bool = False,
     ) -> None:
         self.meta = meta
         self.model = model
-        self.configure(torch.device(device), precision, batch_size, threshold)
+        self.configure(torch.device(device), precision, batch_size, threshold, tta)
 
     @classmethod
     def load(
@@ -98,11 +136,16 @@ class PhaseRunner:
         precision: str = "auto",
         batch_size: int = 16,
         threshold: float = 0.5,
+        tta: bool = False,
     ) -> PhaseRunner:
-        """Load a checkpoint and check it is a 1-channel, 1-logit model of ``phase``.
+        """Load a checkpoint and check it is a model of ``phase`` whose input channels are its
+        ``data.context_slices`` (1 = the paper's single slice) and with one logit per output the
+        phase names (`CheckpointMeta.outputs`: 1, or 2 for tumor and cyst).
 
         Raises:
-            KidneysegError: missing, corrupt or foreign checkpoint, or one of another phase.
+            KidneysegError: missing, corrupt or foreign checkpoint, one of another phase,
+                input channels that do not match its context slices, or a network whose
+                outputs differ from those its config names.
         """
         model, meta = load_checkpoint(path, device="cpu")
         if meta.phase != phase:
@@ -111,15 +154,32 @@ class PhaseRunner:
             )
         if meta.normalization.phase != phase:
             raise KidneysegError(f"checkpoint has no valid {phase} normalisation record", path=path)
-        if meta.config.model.in_channels != 1 or meta.config.model.classes != 1:
-            raise KidneysegError("checkpoint is not a 1-channel, 1-logit model", path=path)
-        return cls(model, meta, device, precision, batch_size, threshold)
+        model_cfg, data_cfg = meta.config.model, meta.config.data
+        if model_cfg.in_channels != data_cfg.context_slices:
+            raise KidneysegError(
+                f"checkpoint has {model_cfg.in_channels} input channels but "
+                f"data.context_slices={data_cfg.context_slices}",
+                path=path,
+            )
+        if model_cfg.classes != len(meta.outputs):
+            raise KidneysegError(
+                f"checkpoint's network has {model_cfg.classes} outputs but its "
+                f"{phase} phase predicts {len(meta.outputs)} ({', '.join(meta.outputs)}; "
+                f"data.tumor_classes={data_cfg.tumor_classes!r})",
+                path=path,
+            )
+        return cls(model, meta, device, precision, batch_size, threshold, tta)
 
     # ---------------------------------------------------------------- properties
 
     @property
     def phase(self) -> str:
         return self.meta.phase
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The network's outputs by name, one per channel (``("tumor", "cyst")``...)."""
+        return self.meta.outputs
 
     @property
     def config(self) -> Config:
@@ -134,13 +194,19 @@ class PhaseRunner:
         return self.meta.config.data.image_size
 
     def configure(
-        self, device: torch.device, precision: str, batch_size: int, threshold: float
+        self,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        threshold: float,
+        tta: bool = False,
     ) -> PhaseRunner:
         """Set how to run: move the network to ``device`` (channels_last except on MPS), resolve
-        ``precision`` for it, and set the batch size and probability threshold."""
+        ``precision`` for it, and set the batch size, probability threshold and flip TTA."""
         if batch_size < 1:
             raise KidneysegError(f"batch size must be >= 1 (got {batch_size})")
         self.batch_size = int(batch_size)
+        self.tta = bool(tta)
         self.threshold = float(threshold)
         self._logit_threshold = logit_threshold(threshold)
         self.device = device
@@ -152,6 +218,29 @@ class PhaseRunner:
         return self
 
     # ---------------------------------------------------------------- running
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``(n, outputs, h, w)`` of a model-size batch ``(n, channels, h, w)``
+        (channels: ``data.context_slices``).
+
+        With ``tta`` the batch runs again mirrored left-right (the last axis: the flip of
+        training augmentation, `kidneyseg.augmentation.BatchAugment`), the answer is mirrored
+        back, and the result is, for each output channel on its own, the logit of the mean of
+        the two *probabilities*: ``logit((sigmoid(a) + sigmoid(b)) / 2)``, computed in log space
+        so it stays finite where a probability rounds to 0 or 1.
+        """
+        with autocast(self.device, self.precision):
+            logits = self.model(batch).float()
+            if not self.tta:
+                return logits
+            mirrored = batch.flip(-1)
+            if self.device.type != "mps":
+                mirrored = mirrored.contiguous(memory_format=torch.channels_last)
+            other = self.model(mirrored).float().flip(-1)
+        log_sigmoid = torch.nn.functional.logsigmoid
+        log_2p = torch.logaddexp(log_sigmoid(logits), log_sigmoid(other))  # p: mean probability
+        log_2q = torch.logaddexp(log_sigmoid(-logits), log_sigmoid(-other))  # q = 1 - p
+        return log_2p - log_2q
 
     def model_box(
         self, box: tuple[int, int, int, int], shape: tuple[int, int]
@@ -174,6 +263,8 @@ class PhaseRunner:
         progress: Callable[[int], object] | None = None,
         box: tuple[int, int, int, int] | None = None,
         probabilities: npt.NDArray[np.uint8] | None = None,
+        best_output: npt.NDArray[np.uint8] | None = None,
+        spacing_z: float | None = None,
     ) -> npt.NDArray[np.bool_]:
         """Binary masks of this phase on the given canonical axial slices.
 
@@ -187,41 +278,65 @@ class PhaseRunner:
                 slice (grown to its 32-pixel grid, `model_box`); outside it the mask is False.
                 The network is fully convolutional, so a crop with a margin gives the whole
                 slice's answer inside it; ``None`` = the whole slice.
-            probabilities: uint8 ``(len(slices), y, x)`` to fill with the sigmoid
+            probabilities: uint8 ``(len(outputs), len(slices), y, x)`` (or, for a one-output
+                model, ``(len(slices), y, x)``) to fill with each output's sigmoid
                 (`quantize_probability`; 0 outside ``box``). None (the default) skips the
                 sigmoid entirely.
+            best_output: uint8 ``(len(slices), y, x)`` to fill with each pixel's most
+                probable output (index into `outputs`, `classify_logits`; 0 outside ``box``).
+            spacing_z: the canonical z spacing (mm) of ``ct``; needed by a 2.5D model
+                (``data.context_slices > 1``), whose neighbours lie ``data.context_mm`` apart.
 
         Returns:
-            bool ``(len(slices), y, x)``.
+            bool ``(len(slices), y, x)``: where the most probable output is above the threshold.
+
+        Raises:
+            KidneysegError: bad ``probabilities`` or ``best_output``, or a 2.5D model without
+                ``spacing_z``.
         """
         height, width = ct.shape[1:]
         out = np.zeros((len(slices), height, width), dtype=bool)
+        probs = None
         if probabilities is not None:
-            if probabilities.shape != out.shape or probabilities.dtype != np.uint8:
+            probs = probabilities[None] if probabilities.ndim == 3 else probabilities
+            want = (len(self.outputs), *out.shape)
+            if probs.shape != want or probabilities.dtype != np.uint8:
                 raise KidneysegError(
-                    f"probabilities must be uint8 {out.shape} (got {probabilities.dtype} "
+                    f"probabilities must be uint8 {want} (got {probabilities.dtype} "
                     f"{probabilities.shape})"
                 )
-            probabilities[...] = 0
+            probs[...] = 0
+        if best_output is not None:
+            if best_output.shape != out.shape or best_output.dtype != np.uint8:
+                raise KidneysegError(f"best_output must be uint8 {out.shape}")
+            best_output[...] = 0
         if len(slices) == 0:
             return out
+        data = self.config.data
+        if data.context_slices > 1 and spacing_z is None:
+            raise KidneysegError(
+                f"this {self.phase} model reads {data.context_slices} slices "
+                f"{data.context_mm} mm apart: segment() needs the z spacing (spacing_z)"
+            )
         size = self.image_size
         native = (height, width) == (size, size)
         crop = None if box is None else self.model_box(box, (height, width))
         cuda = self.device.type == "cuda"
-        contiguous = bool(np.all(np.diff(slices) == 1))
         with torch.inference_mode():
             for start in range(0, len(slices), self.batch_size):
                 idx = slices[start : start + self.batch_size]
-                # A plain slice of the canonical view avoids fancy-indexing copies.
-                sel: Any = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx
-                hu, mask = ct[sel], None if region is None else region[sel]
-                if crop is not None and native:  # model pixels are slice pixels: cut first
-                    y0, y1, x0, x1 = crop
-                    hu = hu[:, y0:y1, x0:x1]
-                    mask = None if mask is None else mask[:, y0:y1, x0:x1]
-                x = normalize(np.asarray(hu), self.normalization, mask)
-                batch = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
+                # Native size: model pixels are slice pixels, so cut the crop when reading.
+                hu, mask = context_stack(
+                    ct,
+                    idx,
+                    1.0 if spacing_z is None else spacing_z,  # 2.5D models only (checked)
+                    data.context_slices,
+                    data.context_mm,
+                    region,
+                    box=crop if native else None,
+                )
+                x = normalize(hu, self.normalization, mask)
+                batch = torch.from_numpy(np.ascontiguousarray(x))
                 batch = batch.to(self.device, non_blocking=cuda)
                 if not native:
                     batch = to_model_size(batch, size)
@@ -229,24 +344,23 @@ class PhaseRunner:
                     batch = batch[..., crop[0] : crop[1], crop[2] : crop[3]]
                 if self.device.type != "mps":
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.precision):
-                    logits = self.model(batch).float()
-                rows = slice(start, start + len(idx))
+                logits = self._logits(batch)
+                where: tuple[slice, ...] = (slice(start, start + len(idx)),)
                 if crop is not None and native:
                     y0, y1, x0, x1 = crop
-                    masks = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                    out[rows, y0:y1, x0:x1] = masks
-                    if probabilities is not None:
-                        probabilities[rows, y0:y1, x0:x1] = quantize_probability(logits[:, 0])
+                    where = (*where, slice(y0, y1), slice(x0, x1))
                 else:
                     if crop is not None:  # back on the whole model-size slice, then resize
-                        canvas = logits.new_full((len(idx), 1, size, size), -1e4)
+                        canvas = logits.new_full((*logits.shape[:2], size, size), -1e4)
                         canvas[..., crop[0] : crop[1], crop[2] : crop[3]] = logits
                         logits = canvas
                     logits = from_model_size(logits, (height, width))
-                    out[rows] = (logits[:, 0] > self._logit_threshold).cpu().numpy()
-                    if probabilities is not None:
-                        probabilities[rows] = quantize_probability(logits[:, 0])
+                masks, best = classify_logits(logits, self._logit_threshold)
+                out[where] = masks.cpu().numpy()
+                if best_output is not None:
+                    best_output[where] = best.cpu().numpy()
+                if probs is not None:  # (outputs, slices, y, x)
+                    probs[(slice(None), *where)] = quantize_probability(logits).swapaxes(0, 1)
                 if progress is not None:
                     progress(len(idx))
         return out

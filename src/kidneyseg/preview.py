@@ -319,6 +319,7 @@ def write_previews(
     shard: str | None = None,
     cases: Sequence[str] | None = None,
     series: str | None = None,
+    output_format: str | None = None,
 ) -> list[tuple[str, str]]:
     """``predict --preview``: a preview beside each label file ``predict`` wrote.
 
@@ -327,14 +328,15 @@ def write_previews(
     reported on stderr and returned; the others are still drawn.
 
     Args:
-        input_path, output, shard, cases, series: as given to ``predict`` (``series``: the
-            DICOM series read from a folder holding several).
+        input_path, output, shard, cases, series, output_format: as given to ``predict``
+            (``series``: the DICOM series read from a folder holding several).
         written: the label files written (``PredictReport.written``).
 
     Returns:
         ``(case_id, message)`` of every preview that could not be drawn.
     """
-    sources = {c.target: c for c in plan_prediction(input_path, output, shard, cases).cases}
+    plan = plan_prediction(input_path, output, shard, cases, True, series, output_format)
+    sources = {c.target: c for c in plan.cases}
     failed: list[tuple[str, str]] = []
     for target in written:
         case = sources.get(Path(target))
@@ -342,7 +344,7 @@ def write_previews(
             failed.append((case_id_from_path(target), "its CT is not in the prediction plan"))
             continue
         try:
-            ct = read_image(case.source, series=series)
+            ct = read_image(case.source, series=case.series or series)
             labels = read_labels(target, like=ct)
             labels = labels.with_array(labels.array, case_id=case.case_id)
             write_preview(ct, labels, preview_path(target))

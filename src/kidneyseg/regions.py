@@ -61,7 +61,7 @@ def _recorded_digest(regions_dir: Path) -> str | None:
 def _settings_key(settings: InferenceConfig) -> str:
     return (
         f"{settings.mode}/{settings.coarse_step_mm:g}/{settings.crop_margin_mm:g}/"
-        f"{settings.threshold:g}"
+        f"{settings.threshold:g}{'/tta' if settings.tta else ''}"  # keys without TTA unchanged
     )
 
 
@@ -94,9 +94,9 @@ def predict_kidney_regions(
 
     The regions are made exactly as prediction makes them (`kidneyseg.localization.
     segment_kidneys` with the same settings). ``settings`` (the config's ``inference``
-    section) gives the mode, batch size, threshold and precision; without it, the defaults
-    with ``batch_size``, ``threshold`` and ``precision``. Cases already cached are skipped;
-    each file is written atomically.
+    section) gives the mode, batch size, threshold, precision and flip TTA; without it, the
+    defaults with ``batch_size``, ``threshold`` and ``precision``. Cases already cached are
+    skipped; each file is written atomically.
 
     Raises:
         KidneysegError: the checkpoint is missing, corrupt or not a phase-1 model.
@@ -117,6 +117,7 @@ def predict_kidney_regions(
         settings.precision,
         settings.batch_size,
         settings.threshold,
+        settings.tta,
     )
     # Regions depend on the checkpoint and on how the cascade runs: both key the cache.
     digest = file_sha256(checkpoint) + ":" + _settings_key(settings)

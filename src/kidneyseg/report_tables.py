@@ -31,6 +31,13 @@ TABLE1_COLUMNS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "tumor": (("paper_case_dice_tumor", "dice_tumor"), "paper_slice_dice_tumor", "sd_tumor"),
 }
 
+#: The three nested KiTS21/23 classes (`kidneyseg.types.KITS_CLASSES`) as the report names them.
+KITS_CLASS_NAMES = {
+    "kidney_and_mass": "kidney + masses (labels 1-3)",
+    "mass": "masses: tumor + cyst (labels 2-3)",
+    "tumor": "tumor (label 2)",
+}
+
 
 # ----------------------------------------------------------------------------- statistics
 def metric_stats(
@@ -159,6 +166,34 @@ def table1_cells(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[str]]
         n = "—" if not math.isfinite(r.n) else str(int(r.n))
         others = (r.case_median, r.slice_mean, r.surface_mean)
         body.append([r.name, mean, *(format_score(v) for v in others), n])
+    return header, body
+
+
+def kits_class_cells(
+    summary: dict[str, Any], per_case: dict[str, list[Any]]
+) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells of the KiTS table: Dice and surface Dice of each KiTS class, then
+    the leaderboard's mean over the three classes.
+
+    Example:
+        >>> header, body = kits_class_cells({}, {"dice_mass": [0.5, 0.7], "sd_mass": [0.6]})
+        >>> body[1][:3]
+        ['masses: tumor + cyst (labels 2-3)', '0.600 ± 0.141', '0.600']
+    """
+    header = ["KiTS class", "Dice: mean ± std", "Dice: median", "surface Dice: mean", "cases (n)"]
+    body = []
+    for name, title in KITS_CLASS_NAMES.items():
+        dice = metric_stats(summary, per_case, f"dice_{name}") or {}
+        surface = metric_stats(summary, per_case, f"sd_{name}") or {}
+        mean = format_score(dice.get("mean", math.nan))
+        if math.isfinite(dice.get("std", math.nan)):
+            mean += f" ± {format_score(dice['std'])}"
+        n = dice.get("n", math.nan)
+        n_text = str(int(n)) if math.isfinite(n) else "—"
+        median = format_score(dice.get("median", math.nan))
+        body.append([title, mean, median, format_score(surface.get("mean", math.nan)), n_text])
+    means = [_as_float(summary.get(f"kits_mean_{m}")) for m in ("dice", "sd")]
+    body.append(["KiTS mean (3 classes)", format_score(means[0]), "", format_score(means[1]), ""])
     return header, body
 
 

@@ -14,8 +14,9 @@ a folder with:
 * ``table1.csv``: the Table-1-style summary (kidney, tumor and the paper's reported values);
 * ``report.html`` (one self-contained page, images embedded) and ``report.md``.
 
-The figures themselves are drawn by `kidneyseg.figures`; this module chooses what to show,
-reads the cases and assembles the page.
+The figures themselves are drawn by `kidneyseg.figures`, the tables' cells made by
+`kidneyseg.report_tables` and the page rendered by `kidneyseg.report_page`; this module chooses
+what to show, reads the cases and assembles the page.
 
 Example:
     >>> page = make_report("run", "eval", "report")  # doctest: +SKIP
@@ -25,14 +26,11 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,10 +58,12 @@ from kidneyseg.formats.eval_dir import (
 from kidneyseg.formats.pred_dir import output_path
 from kidneyseg.formats.run_dir import BEST_FILE, CONFIG_FILE, METRICS_FILE, phase_dir
 from kidneyseg.io import check_same_geometry, read_labels, read_volume
+from kidneyseg.report_page import Block, render_html, render_markdown
 from kidneyseg.report_tables import (
     TABLE1_COLUMNS,
     choose_cases,
     format_score,
+    kits_class_cells,
     summary_rows,
     table1_cells,
     table1_csv_text,
@@ -79,10 +79,11 @@ TABLE1_FILE: Final = "table1.csv"
 
 
 # ----------------------------------------------------------------------------- loss curves
-def _curve_labels(phase: str, config_path: Path) -> tuple[str, str]:
-    """The curve's title and the configured loss name (``"loss"`` when unknown)."""
+def _curve_labels(phase: str, config_path: Path) -> tuple[str, str, str]:
+    """The curve's title, the configured loss name (``"loss"`` when unknown) and
+    ``train.checkpoint_metric`` (``"loss"`` when unknown)."""
     index = PHASES.index(phase) + 1 if phase in PHASES else 0
-    title, loss = f"phase {index}: {phase}", "loss"
+    title, loss, metric = f"phase {index}: {phase}", "loss", "loss"
     try:
         cfg = json.loads(config_path.read_text(encoding="utf-8")).get("config", {})
         model, train = cfg.get("model", {}), cfg.get("train", {})
@@ -95,9 +96,10 @@ def _curve_labels(phase: str, config_path: Path) -> tuple[str, str]:
         if parts:
             title += " — " + ", ".join(parts)
         loss = str(train.get("loss", loss))
+        metric = str(train.get("checkpoint_metric", metric))
     except (OSError, ValueError, AttributeError, TypeError):
         pass  # the config only decorates the title; the curve stands without it
-    return title, loss
+    return title, loss, metric
 
 
 # ----------------------------------------------------------------------------- cases
@@ -135,79 +137,6 @@ def load_case_volumes(case_id: str, pred_dir: Path, gt_dir: Path) -> CaseVolumes
     )
 
 
-# ----------------------------------------------------------------------------- the document
-@dataclass(frozen=True)
-class _Block:
-    kind: str  # "h2" | "p" | "note" | "table" | "img" | "link" (text, target in image)
-    text: str = ""
-    header: tuple[str, ...] = ()
-    rows: tuple[tuple[str, ...], ...] = ()
-    image: str = ""
-
-
-def _render_html(blocks: list[_Block], out: Path, title: str) -> str:
-    css = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-        "color:#222}table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;"
-        "padding:3px 8px;text-align:right;font-size:13px}th{background:#eee}td:first-child,"
-        "th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%;"
-        "border:1px solid #ddd}figcaption{font-size:13px;color:#555}.note{background:#fff6d6;"
-        "padding:.4em .8em;border-left:4px solid #e0b000}"
-    )
-    parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-        f"</title><style>{css}</style></head><body><h1>{html.escape(title)}</h1>"
-    ]
-    for b in blocks:
-        if b.kind == "h2":
-            parts.append(f"<h2>{html.escape(b.text)}</h2>")
-        elif b.kind in ("p", "note"):
-            cls = " class='note'" if b.kind == "note" else ""
-            parts.append(f"<p{cls}>{html.escape(b.text)}</p>")
-        elif b.kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                for row in b.rows
-            )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif b.kind == "img":
-            data = base64.b64encode((out / b.image).read_bytes()).decode("ascii")
-            parts.append(
-                f"<figure><img alt='{html.escape(b.image)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(b.text)}</figcaption></figure>"
-            )
-        elif b.kind == "link":
-            parts.append(f"<p><a href='{html.escape(b.image)}'>{html.escape(b.text)}</a></p>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _render_md(blocks: list[_Block], title: str) -> str:
-    lines = [f"# {title}", ""]
-    for b in blocks:
-        if b.kind == "h2":
-            lines += [f"## {b.text}", ""]
-        elif b.kind == "p":
-            lines += [b.text, ""]
-        elif b.kind == "note":
-            lines += [f"> **Note:** {b.text}", ""]
-        elif b.kind == "table":
-            lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            lines.append("|" + "|".join(" --- " for _ in b.header) + "|")
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
-            lines.append("")
-        elif b.kind == "img":
-            lines += [f"![{b.image}]({b.image})", "", f"*{b.text}*", ""]
-        elif b.kind == "link":
-            lines += [f"[{b.text}]({b.image})", ""]
-    return "\n".join(lines)
-
-
 def _safe_name(case_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", case_id)
 
@@ -239,13 +168,13 @@ def _check_out_dir(out: Path, inputs: Sequence[Path]) -> None:
         )
 
 
-def _curves_blocks(run_dir: Path, tmp: Path) -> list[_Block]:
-    blocks = [_Block("h2", "Training curves (paper Fig. 6)")]
+def _curves_blocks(run_dir: Path, tmp: Path) -> list[Block]:
+    blocks = [Block("h2", "Training curves (paper Fig. 6)")]
     for phase in PHASES:
         metrics_path = phase_dir(run_dir, phase) / METRICS_FILE
         if not metrics_path.is_file():
             blocks.append(
-                _Block(
+                Block(
                     "note",
                     f"Loss curves for phase {phase!r}: not available ({metrics_path} not found).",
                 )
@@ -254,16 +183,15 @@ def _curves_blocks(run_dir: Path, tmp: Path) -> list[_Block]:
         try:
             cols = read_csv_columns(metrics_path, ["epoch"])
         except KidneysegError as exc:
-            blocks.append(
-                _Block("note", f"Loss curves for phase {phase!r}: not available ({exc}).")
-            )
+            blocks.append(Block("note", f"Loss curves for phase {phase!r}: not available ({exc})."))
             continue
         name = f"curves_{phase}.png"
-        title, loss_name = _curve_labels(phase, phase_dir(run_dir, phase) / CONFIG_FILE)
-        plot_loss_curves(cols, tmp / name, title, loss_name)
+        title, loss_name, metric = _curve_labels(phase, phase_dir(run_dir, phase) / CONFIG_FILE)
+        plot_loss_curves(cols, tmp / name, title, loss_name, metric)
+        best = "highest validation Dice" if metric == "dice" else "lowest validation loss"
         caption = (
             f"Phase {phase}: training vs validation loss per epoch ({len(cols['epoch'])} "
-            "epochs; the star marks the epoch with the lowest validation loss, whose weights "
+            f"epochs; the star marks the epoch with the {best}, whose weights "
             f"are kept as {BEST_FILE})."
         )
         if "seconds" in cols:
@@ -272,7 +200,7 @@ def _curves_blocks(run_dir: Path, tmp: Path) -> list[_Block]:
             if "slices_per_s" in cols and np.isfinite(cols["slices_per_s"]).any():
                 caption += f", {np.nanmean(cols['slices_per_s']):.0f} slices/s"
             caption += "."
-        blocks.append(_Block("img", caption, image=name))
+        blocks.append(Block("img", caption, image=name))
     return blocks
 
 
@@ -282,21 +210,21 @@ def _overlay_blocks(
     eval_dir: Path,
     tmp: Path,
     max_cases: int,
-) -> list[_Block]:
-    blocks = [_Block("h2", "Overlays (paper Fig. 9)")]
+) -> list[Block]:
+    blocks = [Block("h2", "Overlays (paper Fig. 9)")]
     chosen = choose_cases(per_case, max_cases)
     pred_dir = _resolve_dir(summary.get("pred_dir"), eval_dir)
     gt_dir = _resolve_dir(summary.get("gt_dir"), eval_dir)
     if not chosen:
-        blocks.append(_Block("note", "Overlays: not available (no case with a defined Dice)."))
+        blocks.append(Block("note", "Overlays: not available (no case with a defined Dice)."))
         return blocks
     if pred_dir is None or gt_dir is None:
         blocks.append(
-            _Block("note", "Overlays: not available (summary.json names no pred_dir / gt_dir).")
+            Block("note", "Overlays: not available (summary.json names no pred_dir / gt_dir).")
         )
         return blocks
     blocks.append(
-        _Block(
+        Block(
             "p",
             f"Best, median and worst cases by per-case Dice. CT in a soft-tissue window "
             f"(W{SOFT_TISSUE_WINDOW[0]:g}/L{SOFT_TISSUE_WINDOW[1]:g} HU); predicted kidney light "
@@ -311,7 +239,7 @@ def _overlay_blocks(
         try:
             vols = load_case_volumes(case_id, pred_dir, gt_dir)
         except KidneysegError as exc:
-            blocks.append(_Block("note", f"Overlay for {case_id} not drawn: {exc}"))
+            blocks.append(Block("note", f"Overlay for {case_id} not drawn: {exc}"))
             continue
         row = index[case_id]
         dice = {
@@ -335,12 +263,12 @@ def _overlay_blocks(
         )
         where = "; ".join(f"z={z}: {reason}" for z, reason in slices)
         blocks.append(
-            _Block("img", f"{case_id} ({role}); {dice_text}; {where}{ct_note}.", image=name)
+            Block("img", f"{case_id} ({role}); {dice_text}; {where}{ct_note}.", image=name)
         )
         page = f"view_{_safe_name(case_id)}.html"
         write_comparison_viewer(tmp / page, vols.ct, vols.pred, vols.gt, vols.spacing, case_id)
         text = f"{case_id}: slice viewer, prediction filled and ground truth outlined"
-        blocks.append(_Block("link", f"{text} (one HTML file, opens offline)", image=page))
+        blocks.append(Block("link", f"{text} (one HTML file, opens offline)", image=page))
     return blocks
 
 
@@ -383,15 +311,16 @@ def make_report(
     title = "kidneyseg report"
     rows = summary_rows(summary, per_case)
     header, body = table1_cells(rows)
+    kits_header, kits_body = kits_class_cells(summary, per_case)
     blocks = [
-        _Block(
+        Block(
             "p",
             f"kidneyseg {package_version()}. Model folder: {run}. Evaluation folder: "
             f"{ev} ({len(per_case['case'])} cases).",
         ),
-        _Block("h2", "Summary (Table 1 style)"),
-        _Block("table", header=tuple(header), rows=tuple(tuple(r) for r in body)),
-        _Block(
+        Block("h2", "Summary (Table 1 style)"),
+        Block("table", header=tuple(header), rows=tuple(tuple(r) for r in body)),
+        Block(
             "p",
             "Per-case Dice: one 3D Dice per case over the whole volume, then the mean (± standard "
             "deviation) and median over cases. Per-slice Dice: per case, the mean of the 2D Dice "
@@ -403,11 +332,19 @@ def make_report(
             "undefined (e.g. no tumor in truth and prediction) are left out of its mean. "
             "Columns used: " + "; ".join(f"{r.name}: {r.source}" for r in rows[:2]) + ".",
         ),
-        _Block(
+        Block(
             "note",
             "The 'paper (reported)' rows are the per-case Dice published in the paper "
             "(kidney 0.961, tumor 0.811) on its own test split, shown for reference; "
             "they were not computed here.",
+        ),
+        Block("h2", "KiTS classes"),
+        Block("table", header=tuple(kits_header), rows=tuple(map(tuple, kits_body))),
+        Block(
+            "p",
+            "The KiTS21/23 leaderboard classes: masses = tumor + cyst. A model trained on tumor "
+            "alone (the paper) predicts no cyst, so reference cysts count as missed masses; "
+            "train with --preset kits to predict cysts (label 3).",
         ),
     ]
     with atomic_dir(out) as tmp:
@@ -415,15 +352,15 @@ def make_report(
         blocks += _overlay_blocks(summary, per_case, ev, tmp, max_cases)
         shown = [c for c in SCORE_COLUMNS if c in per_case]
         blocks += [
-            _Block("h2", "Per-case results"),
-            _Block(
+            Block("h2", "Per-case results"),
+            Block(
                 "p",
                 "All numbers per case: dice_* and sd_* are 3D Dice and surface Dice of the "
                 "KiTS classes (kidney_and_mass = labels 1-3, mass = 2-3, tumor = 2); "
                 "paper_case_* are per-case Dice, paper_slice_* per-slice Dice of the "
                 "paper's kidney / tumor. — = undefined.",
             ),
-            _Block(
+            Block(
                 "table",
                 header=("case", *shown),
                 rows=tuple(
@@ -433,6 +370,6 @@ def make_report(
             ),
         ]
         atomic_write_text(tmp / TABLE1_FILE, table1_csv_text(rows))
-        atomic_write_text(tmp / REPORT_MD_FILE, _render_md(blocks, title))
-        atomic_write_text(tmp / REPORT_FILE, _render_html(blocks, tmp, title))
+        atomic_write_text(tmp / REPORT_MD_FILE, render_markdown(blocks, title))
+        atomic_write_text(tmp / REPORT_FILE, render_html(blocks, tmp, title))
     return out / REPORT_FILE

@@ -36,12 +36,13 @@ class RunRecorder(Callback):
     """Writes the run folder at the end of each epoch: ``last.ckpt`` first, then (rank 0) the
     safetensors, CSV and curves.
 
-    The best checkpoint follows the validation loss (training loss when there is no validation
-    split). ``last.ckpt`` is the one source of truth: it is written first, and carries the
-    recorder's state (phase, best loss/epoch, the metrics rows), so every other file can be
-    made again from it. A run killed at any point between two files therefore resumes
-    cleanly: `on_train_start` rewrites ``last.safetensors``, a missing ``best.safetensors`` of
-    the restored epoch, and ``metrics.csv``.
+    The best checkpoint follows the validation loss, or the validation Dice with
+    ``train.checkpoint_metric = "dice"`` (`monitor`; the training loss when there is no
+    validation split). ``last.ckpt`` is the one source of truth: it is written first, and
+    carries the recorder's state (phase, metric, best value/epoch, the metrics rows), so every
+    other file can be made again from it. A run killed at any point between two files
+    therefore resumes cleanly: `on_train_start` rewrites ``last.safetensors``, a missing
+    ``best.safetensors`` of the restored epoch, and ``metrics.csv``.
     """
 
     def __init__(
@@ -54,7 +55,11 @@ class RunRecorder(Callback):
     ) -> None:
         self.directory, self.cfg, self.phase = directory, cfg, phase
         self.normalization, self.progress = normalization, progress
-        self.best_loss = math.inf
+        self.checkpoint_metric = cfg.train.checkpoint_metric
+        #: The metrics.csv column that picks best.safetensors when there is a validation split.
+        self.monitor = "val_dice" if self.checkpoint_metric == "dice" else "val_loss"
+        #: The monitored value at `best_epoch` (0: no best yet).
+        self.best_value = math.nan
         self.best_epoch = 0
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = self._train_end = 0.0
@@ -63,13 +68,15 @@ class RunRecorder(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "phase": self.phase,
-            "best_loss": self.best_loss,
+            "checkpoint_metric": self.checkpoint_metric,
+            "best_value": self.best_value,
             "best_epoch": self.best_epoch,
             "rows": list(self.rows),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_loss = float(state_dict["best_loss"])
+        # "best_loss": a state from before train.checkpoint_metric (always the loss then).
+        self.best_value = float(state_dict.get("best_value", state_dict.get("best_loss", math.nan)))
         self.best_epoch = int(state_dict["best_epoch"])
         self._restored_rows = state_dict.get("rows")
 
@@ -119,20 +126,35 @@ class RunRecorder(Callback):
         epoch = trainer.current_epoch + 1
         train_loss = float(metrics["train_loss"]) if "train_loss" in metrics else math.nan
         val_loss = float(metrics["val_loss"]) if "val_loss" in metrics else math.nan
-        monitored = val_loss if not math.isnan(val_loss) else train_loss
-        improved = monitored < self.best_loss
+        val_dice = float(metrics["val_dice"]) if "val_dice" in metrics else math.nan
+        if math.isnan(val_loss):  # no validation split
+            monitored, higher = train_loss, False
+        elif self.monitor == "val_dice":
+            monitored, higher = val_dice, True
+        else:
+            monitored, higher = val_loss, False
+        improved = not math.isnan(monitored) and (
+            self.best_epoch == 0
+            or (monitored > self.best_value if higher else monitored < self.best_value)
+        )
         if improved:
-            self.best_loss, self.best_epoch = monitored, epoch
+            self.best_value, self.best_epoch = monitored, epoch
         train_seconds = max(self._train_end - self._epoch_start, 1e-9)
         row = {
             "epoch": epoch,
             "train_loss": f"{train_loss:.6g}",
             "val_loss": f"{val_loss:.6g}",
+            "val_dice": f"{val_dice:.6g}",
             "lr": f"{trainer.optimizers[0].param_groups[0]['lr']:.6g}",
             "seconds": f"{time.perf_counter() - self._epoch_start:.2f}",
             "slices_per_s": f"{self._slices / train_seconds:.1f}",
         }
-        extra = {"epoch": epoch, "val_loss": val_loss, "train_loss": train_loss}
+        extra = {
+            "epoch": epoch,
+            "val_loss": val_loss,
+            "val_dice": val_dice,
+            "train_loss": train_loss,
+        }
         self.rows.append(row)
         # The resume state first (every process takes part; rank 0 writes): each file below
         # can be made again from it, so a kill anywhere after this line loses nothing.
@@ -164,13 +186,18 @@ class RunRecorder(Callback):
             )
         rd.write_metrics(self.directory / rd.METRICS_FILE, self.rows)
         plot_loss_curves(
-            self.rows, self.directory / rd.CURVES_FILE, f"phase {self.phase}", self.cfg.train.loss
+            self.rows,
+            self.directory / rd.CURVES_FILE,
+            f"phase {self.phase}",
+            self.cfg.train.loss,
+            self.checkpoint_metric,
         )
         if self.progress:
             from tqdm import tqdm
 
             tqdm.write(
                 f"epoch {epoch}/{trainer.max_epochs}: train {train_loss:.4f}  val {val_loss:.4f}"
+                f"  Dice {val_dice:.4f}"
                 f"{'  (best)' if improved else ''}  {row['seconds']} s  "
                 f"{row['slices_per_s']} slices/s",
                 file=sys.stderr,
@@ -185,12 +212,13 @@ def _checkpoint_epoch(path: Path) -> int | None:
         return None
 
 
-def check_resume_state(path: Path, phase: str) -> None:
+def check_resume_state(path: Path, phase: str, checkpoint_metric: str = "loss") -> None:
     """Refuse a ``last.ckpt`` that cannot resume this phase, before Lightning reads it.
 
     Loaded with ``weights_only=True`` (never unpickles code): a truncated or damaged file, a
-    pickle with code in it, a file that is not a Lightning training state, or the state of the
-    other phase each give one line.
+    pickle with code in it, a file that is not a Lightning training state, the state of the
+    other phase, or one whose best checkpoint follows another ``train.checkpoint_metric`` (its
+    ``best.safetensors`` was chosen by that one) each give one line.
 
     Raises:
         KidneysegError: names the file and the problem.
@@ -213,5 +241,12 @@ def check_resume_state(path: Path, phase: str) -> None:
                 raise KidneysegError(
                     f"cannot resume: this is the training state of the {found} phase, not "
                     f"{phase}; put it back in {found}/ or {how}",
+                    path=path,
+                )
+            metric = value.get("checkpoint_metric", "loss")
+            if metric != checkpoint_metric:
+                raise KidneysegError(
+                    f"cannot resume: this run keeps its best checkpoint by validation {metric}, "
+                    f"not {checkpoint_metric}; resume with --set train.checkpoint_metric={metric}",
                     path=path,
                 )

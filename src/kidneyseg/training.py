@@ -1,8 +1,12 @@
 """One phase's training with Lightning (paper §4.2): BCE with logits, Adam, best by val loss.
 
 `train_phase` reads a preprocessed folder and writes ``RUN_DIR/<phase>/`` (docs/formats.md):
-``best.safetensors`` (lowest validation loss), ``last.safetensors``, ``last.ckpt`` (Lightning
+``best.safetensors`` (lowest validation loss; highest validation Dice with
+``train.checkpoint_metric = "dice"``), ``last.safetensors``, ``last.ckpt`` (Lightning
 state for ``resume``), ``metrics.csv``, ``curves.png`` (paper Fig. 6) and ``config.json``.
+Validation also measures the phase's Dice (``val_dice``: global over the epoch's validation
+slices, `dice_from_counts`; a phase 2 with tumor and cyst outputs pools both outputs' pixel
+counts), summed over all processes under DDP.
 Only global rank 0 writes. A killed run continues from the last finished epoch with
 ``resume=True`` (CLI ``--resume``); raise ``train.epochs`` to extend a finished run.
 With ``data.planes`` (e.g. ``"axial,coronal,sagittal"``) the phase trains one model per plane,
@@ -60,10 +64,21 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.formats import run_dir as rd
 from kidneyseg.loaders import TrainingData, env_rank, prepare_training
 from kidneyseg.losses import build_loss
-from kidneyseg.models import build_model
+from kidneyseg.models import build_model, phase_config
 from kidneyseg.plane_views import check_planes, prepare_plane_training
 from kidneyseg.run_recorder import RunRecorder, check_resume_state
 from kidneyseg.utils import package_version
+
+
+def dice_from_counts(overlap: float, predicted: float, truth: float) -> float:
+    """Global Dice ``2 |P & G| / (|P| + |G|)`` from pixel counts; 1.0 when both are empty.
+
+    Example:
+        >>> dice_from_counts(3, 4, 6), dice_from_counts(0, 0, 0)
+        (0.6, 1.0)
+    """
+    total = predicted + truth
+    return 1.0 if total == 0 else 2.0 * overlap / total
 
 
 class SegmentationTask(L.LightningModule):
@@ -82,6 +97,9 @@ class SegmentationTask(L.LightningModule):
             self.model = torch.compile(self.model)  # type: ignore[assignment]
         self._generator: torch.Generator | None = None
         self._last_step = 0.0
+        #: Validation pixel counts of this process: |P & G|, |P|, |G| (P: logit > 0), summed
+        #: over the outputs (tumor and cyst with ``data.tumor_classes = "tumor,cyst"``).
+        self._dice_counts = torch.zeros(3, dtype=torch.long)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -118,8 +136,16 @@ class SegmentationTask(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._dice_counts = torch.zeros(3, dtype=torch.long, device=self.device)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss = self._loss(batch)
+        image, target = batch
+        logits = self.model(image).float()
+        loss = self.loss_fn(logits, target.float())
+        predicted, truth = logits > 0, target > 0.5
+        counts = [(predicted & truth).sum(), predicted.sum(), truth.sum()]
+        self._dice_counts += torch.stack(counts).to(self._dice_counts)
         self.log(
             "val_loss",
             loss,
@@ -129,6 +155,13 @@ class SegmentationTask(L.LightningModule):
             batch_size=len(batch[0]),
             sync_dist=True,
         )
+
+    def on_validation_epoch_end(self) -> None:
+        # Counts summed over every process first: the Dice of all validation slices, not a
+        # mean of per-batch or per-process Dice values (which would overweight small ones).
+        counts = self.trainer.strategy.reduce(self._dice_counts, reduce_op="sum")
+        dice = dice_from_counts(*(float(c) for c in counts))
+        self.log("val_dice", dice, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
         t = self.cfg.train
@@ -167,10 +200,12 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     best_epoch: int
+    #: The value of `monitor` at the best epoch.
     best_val_loss: float
     epochs: int
     seconds: float
-    #: What chose the best epoch: "val_loss", or "train_loss" when there is no validation set.
+    #: What chose the best epoch: "val_loss", "val_dice" (``train.checkpoint_metric``), or
+    #: "train_loss" when there is no validation set.
     monitor: str = "val_loss"
     #: The slicing plane of this model (`kidneyseg.planes.PLANES`).
     plane: str = "axial"
@@ -178,7 +213,9 @@ class TrainResult:
     others: tuple[TrainResult, ...] = ()
 
     def summary(self) -> str:
-        what = "val loss" if self.monitor == "val_loss" else "training loss (no validation set)"
+        what = {"val_loss": "val loss", "val_dice": "val Dice"}.get(
+            self.monitor, "training loss (no validation set)"
+        )
         name = self.phase if self.plane == "axial" else f"{self.phase} ({self.plane})"
         return "\n".join(
             [
@@ -208,6 +245,7 @@ def _quiet_lightning() -> Iterator[None]:
                 ".*overridden `on_after_batch_transfer`.*",
                 ".*LeafSpec.*",
                 ".*dirpath has changed.*",
+                ".*when logging on epoch level in distributed.*",  # val_dice: reduced already
             ):
                 warnings.filterwarnings("ignore", message=pattern)
             yield
@@ -233,7 +271,8 @@ def train_phase(
         prep_dir: preprocessed folder (``kidneyseg preprocess``).
         run_dir: model folder; this phase writes into ``run_dir/<phase>``.
         phase: ``"kidney"`` or ``"tumor"``.
-        cfg: resolved config (default: the paper's settings).
+        cfg: resolved config (default: the paper's settings); ``model.classes`` is set to the
+            phase's outputs (`kidneyseg.models.phase_config`).
         resume: continue from ``run_dir/<phase>/last.ckpt`` (e.g. after a crash, or with more
             ``train.epochs``).
         kidney_model: phase-1 weights for ``data.tumor_region = "predicted"`` (default
@@ -254,7 +293,8 @@ def train_phase(
         >>> train_phase("prep", "run", "tumor", resolve_config("fast")).best_epoch  # doctest: +SKIP
         6
     """
-    cfg = validate(cfg or Config())
+    # model.classes = the phase's outputs (tumor and cyst: 2), recorded in config and checkpoints.
+    cfg = phase_config(validate(cfg or Config()), phase)
     if plane is None:
         planes = check_planes(cfg, run_dir, phase, resume)
         state = {p: (rd.phase_dir(run_dir, phase, p) / rd.RESUME_FILE).is_file() for p in planes}
@@ -290,7 +330,7 @@ def train_phase(
             path=out,
         )
     if resume:
-        check_resume_state(last_ckpt, phase)
+        check_resume_state(last_ckpt, phase, cfg.train.checkpoint_metric)
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise KidneysegError("RUN_DIR exists and is not a folder", path=run_dir)
     predicted = phase == "tumor" and cfg.data.tumor_region == "predicted"
@@ -380,9 +420,9 @@ def train_phase(
         best_checkpoint=out / rd.BEST_FILE,
         last_checkpoint=out / rd.LAST_FILE,
         best_epoch=recorder.best_epoch,
-        best_val_loss=recorder.best_loss,
+        best_val_loss=recorder.best_value,
         epochs=int(rows[-1]["epoch"]) if rows else 0,
         seconds=time.perf_counter() - start,
-        monitor="val_loss" if setup.val_set is not None else "train_loss",
+        monitor=recorder.monitor if setup.val_set is not None else "train_loss",
         plane=plane,
     )

@@ -37,12 +37,42 @@ KITS_CLASSES: Final[dict[str, tuple[int, ...]]] = {
 }
 
 #: Region each phase of the cascade segments (paper section 3): phase 1 the kidney *with* its
-#: masses, so the tumor always lies inside the region phase 2 sees; phase 2 the tumor.
+#: masses, so the tumor always lies inside the region phase 2 sees; phase 2 the tumor (and, with
+#: ``data.tumor_classes = "tumor,cyst"``, the cyst as a second output: `phase_outputs`).
 PHASE_TARGETS: Final[dict[str, tuple[int, ...]]] = {
     "kidney": (KIDNEY, TUMOR, CYST),
     "tumor": (TUMOR,),
 }
 PHASES: Final = ("kidney", "tumor")
+
+#: What each network output (channel) of a phase is trained on, by name: the kidney region
+#: (phase 1), and phase 2's mass classes, which ``data.tumor_classes`` picks from "tumor" (the
+#: paper: one output) and "cyst" (the ``kits`` preset: a second output, so that predictions hold
+#: all three KiTS labels). Label ids of each output's target.
+OUTPUT_TARGETS: Final[dict[str, tuple[int, ...]]] = {
+    "kidney": PHASE_TARGETS["kidney"],
+    "tumor": (TUMOR,),
+    "cyst": (CYST,),
+}
+
+
+def phase_outputs(phase: str, tumor_classes: str = "tumor") -> tuple[str, ...]:
+    """The names of a phase's network outputs, one per channel (keys of `OUTPUT_TARGETS`).
+
+    Args:
+        phase: ``"kidney"`` or ``"tumor"``.
+        tumor_classes: ``data.tumor_classes``: phase 2's classes, comma-separated.
+
+    Example:
+        >>> phase_outputs("kidney", "tumor,cyst"), phase_outputs("tumor", "tumor, cyst")
+        (('kidney',), ('tumor', 'cyst'))
+    """
+    if phase == "kidney":
+        return ("kidney",)
+    if phase != "tumor":
+        raise ValueError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    return tuple(name.strip() for name in tumor_classes.split(",") if name.strip())
+
 
 Array = npt.NDArray[np.generic]
 

@@ -40,7 +40,8 @@ def add_config_options(parser: argparse.ArgumentParser, presets: bool = True) ->
         parser.add_argument(
             "--preset",
             default="paper",
-            help="named preset: paper (default, the published settings) or fast",
+            help="named preset: paper (default, the published settings), fast (minutes on a "
+            "CPU) or kits (phase 2 predicts tumor and cyst); combine with commas, e.g. fast,kits",
         )
     parser.add_argument(
         "--config",

@@ -3,6 +3,7 @@
 Example:
     kidneyseg predict ct.nii.gz labels.nii.gz --model runs/paper
     kidneyseg predict kits21/dataset preds/ --model runs/paper --shard 1/4 --stats stats.json
+    kidneyseg predict patients/ preds/ --model runs/paper      # one DICOM folder per patient
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segment kidney and tumor in CT (a file, a DICOM folder or a folder of cases)",
         description=(
             "Run the two-phase cascade. INPUT: a NIfTI/NRRD/MHA file, a DICOM series folder, a "
-            "folder of image files, or a KiTS folder (case_*/imaging.nii.gz). OUTPUT: a label "
-            "file (.nii.gz/.nii/.nrrd/.mha) for one CT, otherwise a folder that receives "
-            "<case_id>.nii.gz per case; cases already there are skipped (one CT's existing "
-            "output file is refused without --overwrite). Labels: 0 background, "
-            "1 kidney, 2 tumor, in the input's exact geometry. Exit status 1 when some cases "
-            "of a folder failed, 2 on an error."
+            "KiTS folder (case_*/imaging.nii.gz), or a folder of image files and/or DICOM "
+            "folders (e.g. one per patient, nested or not): one case per image file and per "
+            "CT series, named after the file or folder (plus _s<SeriesNumber> when a folder "
+            "holds several series). OUTPUT: a label file (.nii.gz/.nii/.nrrd/.mha) for one "
+            "CT, otherwise a folder that receives <case_id> in the input's format per case "
+            "(a.nrrd -> a.nrrd; DICOM -> a.nii.gz + a.seg.dcm; see --output-format); cases "
+            "already there are skipped (one CT's existing output file is refused without "
+            "--overwrite). Labels: 0 background, 1 kidney, 2 tumor (3 cyst from a model "
+            "trained with --preset kits), in the input's exact geometry. Exit status 1 when "
+            "some cases of a folder failed (each named on stderr; the others are written), 2 "
+            "on an error."
         ),
     )
     parser.add_argument("input", help="CT file, DICOM series folder, or folder of cases")
@@ -37,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "package (kidneyseg export) or the id of an installed model (kidneyseg install-model)",
     )
     parser.add_argument(
-        "--device", default=None, help="auto (default: CUDA if present), cpu, cuda, cuda:N or mps"
+        "--device",
+        default=None,
+        help="auto (default: CUDA if present), cpu, cuda (alias gpu), cuda:N or mps",
     )
     parser.add_argument(
         "--batch-size",
@@ -71,16 +79,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--output-format",
-        default=None,
-        choices=("nifti", "dicom-seg", "both"),
-        help="label file, DICOM SEG (<name>.seg.dcm beside it; DICOM input only) or both "
-        "(default: both for a DICOM series, the label file otherwise)",
+        default="auto",
+        choices=("auto", "nifti", "nrrd", "mha", "dicom-seg", "both"),
+        help="auto (default): the label file in the input's format (.nhdr/.mhd give "
+        ".nrrd/.mha), and for DICOM input a .nii.gz plus a DICOM SEG <name>.seg.dcm beside it; "
+        "nifti/nrrd/mha: the label file in that format (.nii.gz/.nrrd/.mha), no SEG; "
+        "dicom-seg: the SEG only; both: .nii.gz and SEG (DICOM input only). One CT to a "
+        "named file: the name's suffix decides the label format",
     )
     parser.add_argument(
         "--save-probabilities",
         action="store_true",
-        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz beside each "
-        "output: uint8, probability x 255, in the input's geometry",
+        help="also write <name>_kidney_prob.nii.gz and <name>_tumor_prob.nii.gz (and "
+        "<name>_cyst_prob.nii.gz from a model that predicts cysts) beside each output: uint8, "
+        "probability x 255, in the input's geometry",
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation: average each slice's probabilities with those of "
+        "its left-right mirror (about 2x slower; same as --set inference.tta=true)",
     )
     add_split_options(parser, "predict")
     parser.add_argument(
@@ -97,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from kidneyseg.inference import predict
 
     cases = split_cases(args)
+    # --tta is a shorthand for the config field, so the Python API's overrides do the same.
+    overrides = [*args.overrides, "inference.tta=true"] if args.tta else args.overrides
     report = predict(
         args.input,
         args.output,
@@ -108,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         stats_path=args.stats,
         progress=not args.no_progress,
         config_file=args.config,
-        overrides=args.overrides,
+        overrides=overrides,
         cases=cases,
         series=args.series,
         output_format=args.output_format,
@@ -122,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
         from kidneyseg.preview import write_previews
 
         previews_ok = not write_previews(
-            args.input, args.output, report.written, args.shard, cases, args.series
+            args.input,
+            args.output,
+            report.written,
+            args.shard,
+            cases,
+            args.series,
+            args.output_format,
         )
     return 0 if report.ok and previews_ok else 1

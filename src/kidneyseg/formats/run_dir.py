@@ -2,11 +2,11 @@
 
 Layout (docs/formats.md "Model folder")::
 
-    RUN_DIR/<phase>/best.safetensors   weights with the best validation loss (prediction uses it)
+    RUN_DIR/<phase>/best.safetensors   weights of the best validation loss or Dice (predict uses it)
     RUN_DIR/<phase>/last.safetensors   weights at the end of the last finished epoch
     RUN_DIR/<phase>/last.ckpt          Lightning state for --resume
     RUN_DIR/<phase>/metrics.csv        one row per epoch (`METRICS_COLUMNS`)
-    RUN_DIR/<phase>/curves.png         training/validation loss (paper Fig. 6)
+    RUN_DIR/<phase>/curves.png         training/validation loss (paper Fig. 6), validation Dice
     RUN_DIR/<phase>/config.json        resolved config + package version
     RUN_DIR/tumor/regions/             cached phase-1 regions (data.tumor_region=predicted)
     RUN_DIR/<phase>/extra_prep/        preprocessed data.extra_cases (a KiTS-layout folder)
@@ -46,7 +46,7 @@ EXTRA_PREP_DIR = "extra_prep"
 #: ``RUN_DIR/planes/<plane>/``: cached plane views of the training data (`kidneyseg.plane_views`).
 PLANE_VIEWS_DIR = "planes"
 #: Columns of ``metrics.csv``.
-METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "slices_per_s")
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "slices_per_s")
 
 
 def phase_dir(run_dir: str | Path, phase: str, plane: str = "axial") -> Path:
