@@ -18,12 +18,17 @@ fast path's gain: give trained models for that. With ``--naive-slices N`` the na
 on N slices through the kidneys only and its time is extrapolated linearly to the whole CT
 (printed as such).
 
+``--backend torch|onnx|auto`` (``inference.backend``) picks what runs the networks; with
+``onnx`` a model not yet exported is exported first (``best.onnx`` beside its checkpoints;
+not timed).
+
 Prints per-stage times, slices/s, peak RSS, and as its last line (``--json``) one JSON object
-with ``ct_shape``, ``image_size``, ``device``, ``threads``, ``naive_s``, ``fast_s``, ``ratio``,
-``peak_rss_mib`` and, with ``--model``, ``dice_fast_vs_naive``.
+with ``ct_shape``, ``image_size``, ``device``, ``threads``, ``backend``, ``precision``,
+``naive_s``, ``fast_s``, ``ratio``, ``peak_rss_mib`` and, with ``--model``, ``dice_fast_vs_naive``.
 
 Example:
     python benchmarks/predict_speed.py --json --model demo_out/run --shape 300x512x512
+    python benchmarks/predict_speed.py --json --model demo_out/run --backend onnx
     python benchmarks/predict_speed.py --json --shape 300x512x512 --naive-slices 40
 """
 
@@ -125,6 +130,12 @@ def main() -> None:
     parser.add_argument(
         "--ct", type=Path, default=None, help="time this CT file instead of a phantom"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default=None,
+        help="inference.backend for both modes (default: the model's, auto)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument(
         "--set",
@@ -139,6 +150,8 @@ def main() -> None:
         raise SystemExit("--shape needs three numbers, e.g. 300x512x512")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backend:
+        args.overrides.append(f"inference.backend={args.backend}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
@@ -203,6 +216,8 @@ def main() -> None:
         "image_size": image_size,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "backend": predictor.backend,
+        "precision": predictor.phases["kidney"].precision,
         "fast_crop": predictor.config.inference.fast_crop,
         "ct": str(args.ct) if args.ct else "phantom",
         "model": str(args.model) if args.model else f"random ResNet34 U-Net {args.image_size} px",
@@ -222,7 +237,10 @@ def main() -> None:
             "kidney": round(dice(a > 0, b > 0), 4),
             "tumor": round(dice(a == 2, b == 2), 4),
         }
-    print(f"fast / naive: {summary['fast_s']} s / {summary['naive_s']} s = x{summary['ratio']}")
+    print(
+        f"fast / naive ({summary['backend']}): {summary['fast_s']} s / {summary['naive_s']} s = "
+        f"x{summary['ratio']}"
+    )
     if args.json:
         print(json.dumps(summary))
 

@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (
+    SHARED,
+    TS_KIDNEY_LEFT,
+    TS_KIDNEY_RIGHT,
+    SharedData,
+    StageClock,
+    name_phantoms_apart,
+    read_image_labels,
+)
 
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.data.phantoms import write_cohort
@@ -46,37 +54,15 @@ from kidneyseg.stats import body_midline_x
 from kidneyseg.training import train_phase
 from kidneyseg.types import Volume
 
-#: ``../shared/data`` beside the checkout (``--shared`` chooses another).
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_SLICES = SHARED / "kits19_slices"
-TS_CT = SHARED / "totalseg_example" / "example_ct.nii.gz"
-TS_SEG = SHARED / "totalseg_example" / "example_seg_fast_force_split.nii.gz"
+_DEFAULT = SharedData()
+REAL_SLICES, TS_CT, TS_SEG = _DEFAULT.real_slices, _DEFAULT.ts_ct, _DEFAULT.ts_seg
 
 
 def use_shared(root: Path) -> None:
     """Point the real-data paths at another copy of ``shared/data``."""
-    global SHARED, REAL_SLICES, TS_CT, TS_SEG
-    SHARED = root
-    REAL_SLICES = root / "kits19_slices"
-    TS_CT = root / "totalseg_example" / "example_ct.nii.gz"
-    TS_SEG = root / "totalseg_example" / "example_seg_fast_force_split.nii.gz"
-
-
-#: TotalSegmentator's multilabel ids in example_seg_fast_force_split.nii.gz.
-TS_KIDNEY_RIGHT, TS_KIDNEY_LEFT = 2, 3
-
-
-def _say(msg: str) -> None:
-    print(f"[real_transfer] {msg}", file=sys.stderr, flush=True)
-
-
-def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    _say(f"{name} ...")
-    t0 = time.perf_counter()
-    value = fn(*args, **kwargs)
-    seconds[name] = round(time.perf_counter() - t0, 1)
-    _say(f"{name}: {seconds[name]:.1f} s")
-    return value
+    global REAL_SLICES, TS_CT, TS_SEG
+    shared = SharedData(root)
+    REAL_SLICES, TS_CT, TS_SEG = shared.real_slices, shared.ts_ct, shared.ts_seg
 
 
 def side_masks(mask: np.ndarray, ct: Volume) -> dict[str, np.ndarray]:
@@ -115,17 +101,10 @@ def compare_with_totalseg(pred: Volume, ct: Volume) -> dict[str, Any]:
     }
 
 
-def read_image_labels(path: Path) -> np.ndarray:
-    """TotalSegmentator's multilabel map (ids beyond our 0-3, so not `read_labels`)."""
-    return np.asarray(read_image(path).array)
-
-
-def train_both(
-    prep: Path, run: Path, cfgs: dict[str, Config], seconds: dict[str, float], tag: str
-) -> None:
+def train_both(prep: Path, run: Path, cfgs: dict[str, Config], clock: StageClock, tag: str) -> None:
     for phase in ("kidney", "tumor"):
         cfg = cfgs[phase]
-        _timed(seconds, f"train {tag} {phase}", train_phase, prep, run, phase, cfg, progress=False)
+        clock(f"train {tag} {phase}", train_phase, prep, run, phase, cfg, progress=False)
 
 
 def figure(ct: Volume, preds: dict[str, Volume], path: Path) -> None:
@@ -222,7 +201,7 @@ def main() -> None:
 
     start = time.perf_counter()
     out: Path = args.out
-    seconds: dict[str, float] = {}
+    clock = StageClock("real_transfer")
     # The fast preset's network and input (ResNet34 U-Net, 128 px), with a budget that fits
     # both runs in about 20 minutes on 2 cores without native bf16: phase 1 sees 120 batches
     # of 16 slices, phase 2 (a smaller task: tumor inside the kidney region) 64.
@@ -241,14 +220,11 @@ def main() -> None:
     cases = 8 if args.quick else args.cases
     data, prep, prep_real = out / "phantoms", out / "prep", out / "prep_real"
     base_cfg = resolve_config("fast", overrides=common)
-    _timed(seconds, "phantoms", write_cohort, data, cases=cases, seed=args.seed, workers=2)
-    # Phantom ids case_00000... would read as KiTS patients 0... and collide with the real
-    # slices' patients in the extra cases' leak check: name them as the synthetic cases they are.
-    for case in sorted(data.glob("case_[0-9]*")):
-        case.rename(case.with_name(case.name.replace("case_", "case_phantom", 1)))
-    _timed(seconds, "preprocess", preprocess, data, prep, base_cfg, progress=False)
+    clock("phantoms", write_cohort, data, cases=cases, seed=args.seed, workers=2)
+    name_phantoms_apart(data)
+    clock("preprocess", preprocess, data, prep, base_cfg, progress=False)
     # The real slices once, with their own patient-level split (their test patients stay out).
-    _timed(seconds, "preprocess real", preprocess, REAL_SLICES, prep_real, base_cfg, progress=False)
+    clock("preprocess real", preprocess, REAL_SLICES, prep_real, base_cfg, progress=False)
     runs = {
         "phantoms": {p: resolve_config("fast", overrides=[*common, *b]) for p, b in budget.items()},
         "mixed": {
@@ -262,9 +238,9 @@ def main() -> None:
     preds: dict[str, Volume] = {}
     for tag, cfgs in runs.items():
         run = out / f"run_{tag}"
-        train_both(prep, run, cfgs, seconds, tag)
+        train_both(prep, run, cfgs, clock, tag)
         predictor = Predictor(run, device="cpu", progress=False)
-        pred = _timed(seconds, f"predict real CT {tag}", predictor.predict_volume, ct)
+        pred = clock(f"predict real CT {tag}", predictor.predict_volume, ct)
         write_volume(pred, out / f"totalseg_example_{tag}.nii.gz")
         preds[tag] = pred
         results[tag] = compare_with_totalseg(pred, ct)
@@ -290,11 +266,11 @@ def main() -> None:
         "phantom_only": results["phantoms"],
         "mixed": mix,
         "figure": str(png.resolve()),
-        "seconds": seconds,
+        "seconds": clock.seconds,
         "total_s": round(time.perf_counter() - start, 1),
         "quick": bool(args.quick),
     }
-    _say(f"run folder: {summary['run_dir']}")
+    clock.say(f"run folder: {summary['run_dir']}")
     print(json.dumps(summary))
 
 

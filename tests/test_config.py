@@ -66,6 +66,8 @@ def test_precedence_defaults_file_set(tmp_path: Path, suffix: str) -> None:
         ("data.image_size=100", "multiple of 32"),
         ("data.kidney_window=200,0", "low < high"),
         ("data.augment=maybe", "expected bool"),
+        ("data.normalization=minmax", "data.normalization must be zscore or window"),
+        ("data.normalization=window", "window needs data.tumor_window"),
         ("train.loss=dice", "train.loss must be bce or bce_dice"),
         ("train.lr_schedule=step", "train.lr_schedule must be constant or cosine"),
         ("inference.precision=fp8", "inference.precision must be auto"),

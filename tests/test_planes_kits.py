@@ -14,6 +14,7 @@ context, flip TTA and ``postprocess.kidney_components``, end to end through `Pre
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from kidneyseg.formats.prep_dir import open_prep_dir
 from kidneyseg.fusion import fuse_phase
 from kidneyseg.inference import Predictor
 from kidneyseg.io import read_image, read_labels, write_volume
+from kidneyseg.model_package import export_model
 from kidneyseg.models import phase_config, read_checkpoint_meta, save_checkpoint
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.training import train_phase
@@ -73,9 +75,14 @@ def hand_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_two_outputs_fused_with_tta_and_kidney_components(hand_set: Path, tmp_path: Path) -> None:
+def _speckled_phantom() -> np.ndarray:
     hu = kits_phantom(CUBE)
     hu[0, 30, 30] = 150  # a third, one-voxel "kidney": kidney_components=2 removes it
+    return hu
+
+
+def test_two_outputs_fused_with_tta_and_kidney_components(hand_set: Path, tmp_path: Path) -> None:
+    hu = _speckled_phantom()
     want = _fused_labels(hu, [CYST_HEAD, CORONAL_CYST_HEAD])
     assert set(np.unique(want).tolist()) == {0, KIDNEY, TUMOR, CYST}
     assert (want[hu == 260] == CYST).all() and (want[hu == 320] == TUMOR).all()
@@ -181,3 +188,38 @@ def _record_spacing(runner: PhaseRunner, seen: set[float]) -> None:
         return segment(*args, **kwargs)
 
     runner.segment = recording  # type: ignore[method-assign]
+
+
+def test_plane_models_on_the_onnx_backend(
+    hand_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from kidneyseg.onnx_backend import OnnxNetwork, export_run
+
+    monkeypatch.setenv("KIDNEYSEG_HOME", str(tmp_path / "home"))
+    run = Path(shutil.copytree(hand_set, tmp_path / "run"))
+    assert Predictor(run, device="cpu", progress=False).backend == "torch"  # nothing exported
+    exported = export_run(run)
+    assert set(exported) == {"kidney", "tumor", "kidney_coronal", "tumor_coronal"}
+    assert (run / "tumor_coronal" / "best.onnx").is_file()
+    overrides = [*TTA, "postprocess.kidney_components=2"]
+    predictor = Predictor(run, device="cpu", progress=False, overrides=overrides)
+    assert predictor.backend == "onnx"
+    runners = [r for plane in predictor.planes.values() for r in plane.values()]
+    assert len(runners) == 4 and all(isinstance(r.model, OnnxNetwork) for r in runners)
+    hu = _speckled_phantom()
+    want = _fused_labels(hu, [CYST_HEAD, CORONAL_CYST_HEAD])
+    want[0, 30, 30] = 0
+    volume = volume_from_canonical(hu, spacing_zyx=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(predictor.predict_volume(volume).to_canonical(), want)
+    # auto takes ONNX only when every model that runs is exported.
+    (run / "kidney_coronal" / "best.onnx").unlink()
+    assert Predictor(run, device="cpu", progress=False).backend == "torch"
+    only_axial = ["inference.planes=axial"]
+    assert Predictor(run, device="cpu", progress=False, overrides=only_axial).backend == "onnx"
+    # A package of the plane models: exports by checkpoint digest in the user cache.
+    package = tmp_path / "model.zip"
+    export_model(run, package)
+    assert len(export_run(package)) == 4 and not (run / "kidney_coronal" / "best.onnx").exists()
+    assert Predictor(package, device="cpu", progress=False).backend == "onnx"

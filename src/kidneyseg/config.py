@@ -50,6 +50,8 @@ class DataConfig:
     kidney_window: tuple[float, float] = (0.0, 200.0)
     #: Phase-2 HU window; ``None`` = unclipped HU inside the kidney region (paper §4.1).
     tumor_window: tuple[float, float] | None = None
+    #: After clipping: "zscore" (training-split statistics) or "window" (window onto [0, 1]).
+    normalization: str = "zscore"
     #: In-plane size the slices are resized to (paper: native 512x512).
     image_size: int = 512
     #: Fraction of slices drawn from slices that contain the phase's target (the rest uniform).
@@ -177,6 +179,9 @@ class InferenceConfig:
     tta: bool = False
     #: Plane models averaged: "all" the model folder has, or a list ("axial": fast mode's).
     planes: str = "all"
+    #: "torch", "onnx" (ONNX Runtime, CPU fp32; exports on first use) or "auto": ONNX when it
+    #: can run here and the model is already exported (`kidneyseg.onnx_backend`; README "Speed").
+    backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -335,6 +340,11 @@ def validate(cfg: Config) -> Config:
         d.tumor_window is None or d.tumor_window[0] < d.tumor_window[1],
         "data.tumor_window must be none or (low, high) with low < high",
     )
+    need(
+        d.normalization == "zscore" or (d.normalization == "window" and bool(d.tumor_window)),
+        f"data.normalization must be zscore or window (got {d.normalization!r}); window "
+        "needs data.tumor_window too (phase 2 is unclipped by default), e.g. 0,400",
+    )
     need(0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction must be in [0, 1]")
     need(
         d.tumor_foreground_fraction is None or 0.0 <= d.tumor_foreground_fraction <= 1.0,
@@ -377,16 +387,14 @@ def validate(cfg: Config) -> Config:
     need(cfg.preprocess.workers >= 1, "preprocess.workers must be >= 1")
     for name, seed in (("preprocess.seed", cfg.preprocess.seed), ("train.seed", t.seed)):
         need(0 <= seed < 2**32, f"{name} must be in 0 .. 2**32 - 1 (got {seed})")
-    need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
-    need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
-    need(
-        cfg.inference.mode in ("fast", "naive"),
-        f"inference.mode must be fast or naive (got {cfg.inference.mode!r})",
-    )
-    need(
-        cfg.inference.fast_crop in ("axial", "box"),
-        f"inference.fast_crop must be axial or box (got {cfg.inference.fast_crop!r})",
-    )
+    i = cfg.inference
+    need(i.batch_size >= 1, "inference.batch_size must be >= 1")
+    need(0 < i.threshold < 1, "inference.threshold must be in (0, 1)")
+    need(i.mode in ("fast", "naive"), f"inference.mode must be fast or naive (got {i.mode!r})")
+    c = i.fast_crop
+    need(c in ("axial", "box"), f"inference.fast_crop must be axial or box (got {c!r})")
+    b = i.backend
+    need(b in ("auto", "torch", "onnx"), f"inference.backend must be auto, torch or onnx ({b!r})")
     need(cfg.inference.coarse_step_mm > 0, "inference.coarse_step_mm must be > 0")
     need(cfg.inference.crop_margin_mm >= 0, "inference.crop_margin_mm must be >= 0")
     need(

@@ -72,7 +72,8 @@ _REGION_LUT = _label_lut(PHASE_TARGETS["kidney"])
 
 def phase_norm_record(prep: PrepDir, phase: str, cfg: DataConfig) -> NormalizationRecord:
     """The phase's normalisation record for the configured window (`PrepDir.normalization`)."""
-    return prep.normalization(phase, cfg.kidney_window if phase == "kidney" else cfg.tumor_window)
+    window = cfg.kidney_window if phase == "kidney" else cfg.tumor_window
+    return prep.normalization(phase, window, cfg.normalization)
 
 
 class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):

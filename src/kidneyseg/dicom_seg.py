@@ -115,7 +115,9 @@ def _descriptions(present: list[int], prov: Mapping[str, str]) -> list[Any]:
         family=Code("123110", "DCM", "Artificial Intelligence"),
         version=f"{prov.get('kidneyseg_version', package_version())} model "
         f"{prov.get('model_id', 'unknown')}",
-        parameters={k: str(prov[k]) for k in ("model_id", "device", "precision") if k in prov},
+        parameters={
+            k: str(prov[k]) for k in ("model_id", "device", "precision", "backend") if k in prov
+        },
     )
     out = []
     for number, (label, name, category, kind, region) in enumerate(

@@ -20,7 +20,8 @@ Each plane model runs as the axial ones do: flip TTA (``inference.tta``: the mir
 slice's columns, the flip its training augmentation applied: left-right for coronal,
 front-back for sagittal) and 2.5D context (``data.context_slices``: neighbours
 ``data.context_mm`` apart along the plane's slicing axis, the distance between its view's
-slices that its training data recorded, `kidneyseg.plane_views`).
+slices that its training data recorded, `kidneyseg.plane_views`), and on the ONNX backend
+when asked (`by_folder` names each model's ``<phase>_<plane>/best.onnx``).
 
 A folder (or an ``inference.planes`` choice) with axial models only takes
 `kidneyseg.localization.segment_cascade` unchanged, so its results are bit-identical to a
@@ -48,7 +49,7 @@ import numpy.typing as npt
 from kidneyseg.config import InferenceConfig
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.pred_dir import PROBABILITY_SCALE
-from kidneyseg.formats.run_dir import best_checkpoint, trained_planes
+from kidneyseg.formats.run_dir import best_checkpoint, phase_dir, trained_planes
 from kidneyseg.localization import segment_cascade
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.planes import PLANES, PlaneGrid, PlaneView, parse_planes, slices_with
@@ -73,6 +74,22 @@ def load_plane_runners(run_dir: str | Path) -> dict[str, dict[str, PhaseRunner]]
             if plane != "axial"
         }
         for phase in PHASES
+    }
+
+
+def by_folder(runners: Runners) -> dict[str, PhaseRunner]:
+    """The runners keyed by the name of their model folder (``kidney``, ``tumor_coronal``...;
+    `kidneyseg.formats.run_dir.phase_dir`): what `kidneyseg.onnx_backend.use_backend` looks
+    for ``<folder>/best.onnx`` under, so the plane models run on ONNX Runtime too.
+
+    Example:
+        >>> sorted(by_folder({"kidney": {"axial": 1, "coronal": 2}}))
+        ['kidney', 'kidney_coronal']
+    """
+    return {
+        phase_dir(".", phase, plane).name: runner
+        for phase, planes in runners.items()
+        for plane, runner in planes.items()
     }
 
 

@@ -50,7 +50,7 @@ from kidneyseg.formats.pred_dir import (
     writes_seg,
 )
 from kidneyseg.formats.run_dir import model_id, require_best_checkpoint
-from kidneyseg.fusion import load_plane_runners, segment_planes, select_planes
+from kidneyseg.fusion import by_folder, load_plane_runners, segment_planes, select_planes
 from kidneyseg.hardware import resolve_device, use_all_cores
 from kidneyseg.inputs import (
     InputCase,
@@ -62,6 +62,7 @@ from kidneyseg.inputs import (
 )
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
 from kidneyseg.model_package import open_model
+from kidneyseg.onnx_backend import use_backend
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.postprocessing import postprocess
 from kidneyseg.stats import label_statistics
@@ -107,7 +108,7 @@ class Predictor:
         config: the kidney checkpoint's config with the prediction-time settings applied.
         predicts_cysts: phase 2 predicts cysts too (labels 0-3 out, not 0-2).
         planes: each phase's runners by plane (`kidneyseg.fusion.select_planes`).
-        provenance: model id (hash of both checkpoints), package version, device, precision.
+        provenance: model id (hash of the checkpoints), version, device, precision, backend.
 
     Raises:
         KidneysegError: a phase missing from ``model_dir``, a corrupt or incompatible
@@ -160,6 +161,9 @@ class Predictor:
         )
         if self.device.type == "cpu":
             use_all_cores()
+        # After the threads; every model that runs (plane models too, `<folder>/best.onnx`).
+        self.backend = use_backend(by_folder(self.planes), inference, self.model_dir)
+        self.provenance.update(backend=self.backend, precision=kidney.precision)
 
     # ---------------------------------------------------------------- one volume
 

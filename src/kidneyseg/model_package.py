@@ -76,11 +76,16 @@ _SAFE_MEMBER = re.compile(
 _CHUNK = 1 << 20
 
 
+def kidneyseg_home() -> Path:
+    """The user's kidneyseg folder: ``$KIDNEYSEG_HOME``, else ``~/.cache/kidneyseg`` (the model
+    store, `models_home`, and the ONNX export cache, `kidneyseg.onnx_backend`)."""
+    home = os.environ.get(HOME_ENV)
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "kidneyseg"
+
+
 def models_home() -> Path:
     """The model store: ``$KIDNEYSEG_HOME/models``, else ``~/.cache/kidneyseg/models``."""
-    home = os.environ.get(HOME_ENV)
-    root = Path(home).expanduser() if home else Path.home() / ".cache" / "kidneyseg"
-    return root / "models"
+    return kidneyseg_home() / "models"
 
 
 def _checkpoint_member(phase: str) -> str:

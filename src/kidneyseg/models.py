@@ -184,6 +184,10 @@ class CheckpointMeta:
         kidneyseg_version: the package version that wrote it.
         extra: anything else the writer added (``epoch``, ``val_loss``, ``val_dice``,
             ``train_loss``).
+        digest: `checkpoint_digest` of header and weights: the header's (checked) by
+            `load_checkpoint`, computed there for files written before it existed; "" from
+            `read_checkpoint_meta` of such a file. Names these weights wherever they lie
+            (the ONNX export cache, `kidneyseg.onnx_backend`).
         outputs: the network's outputs by name, one per channel (`phase_outputs`; files from
             before the header recorded them get the config's).
     """
@@ -194,6 +198,7 @@ class CheckpointMeta:
     labels: dict[str, str]
     kidneyseg_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
     outputs: tuple[str, ...] = ("kidney",)
 
 
@@ -361,6 +366,7 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         labels=dict(labels) if isinstance(labels, dict) else {},
         kidneyseg_version=str(meta.get("kidneyseg_version")),
         extra=extra,
+        digest=str(meta.get(DIGEST_KEY) or ""),
         outputs=outputs,
     )
 
@@ -404,7 +410,10 @@ def load_checkpoint(
     except Exception as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise KidneysegError(f"corrupt checkpoint weights ({reason})", path=p) from exc
-    _check_weights(p, state, _header(p))
+    header = _header(p)
+    _check_weights(p, state, header)
+    if not meta.digest:  # written before the digest existed
+        meta = replace(meta, digest=checkpoint_digest(header, state))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

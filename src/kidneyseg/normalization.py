@@ -8,6 +8,10 @@ re-reading the data: e.g. the paper's [0, 200] or the Table 1 ablation [20, 45].
 * phase ``tumor``: CT x kidney-region mask (outside the region becomes 0 HU), unclipped by
   default (paper §4.1), z-scored with statistics of the HU *inside* the kidney region.
 
+``data.normalization = "window"`` (not in the paper) maps the window linearly onto [0, 1]
+instead of z-scoring: the record's ``mean``/``std`` are then the window's low end and width,
+so `normalize`, checkpoints and inference need nothing else.
+
 Example:
     >>> import numpy as np
     >>> counts = np.zeros(HIST_BINS, np.int64); counts[[0 - HIST_MIN, 100 - HIST_MIN]] = 1
@@ -28,6 +32,8 @@ from scipy import ndimage
 #: Histogram range: 1-HU bins from HIST_MIN to HIST_MIN + HIST_BINS - 1 (values are clipped).
 HIST_MIN = -1024
 HIST_BINS = 4096
+#: How clipped HU become network input (``data.normalization``): z-score, or window to [0, 1].
+SCALINGS = ("zscore", "window")
 
 
 def hu_histogram(hu: npt.NDArray[Any], mask: npt.NDArray[np.bool_] | None = None) -> np.ndarray:
@@ -64,7 +70,8 @@ class NormalizationRecord:
     Attributes:
         phase: ``"kidney"`` (statistics of all voxels) or ``"tumor"`` (inside the region).
         window: HU clip window ``(lo, hi)``, or ``None`` for unclipped HU.
-        mean, std: z-score statistics of the (clipped) training-split HU.
+        mean, std: subtracted, then divided by: z-score statistics of the (clipped)
+            training-split HU, or the window's ``lo`` and ``hi - lo`` (window scaling).
 
     Example:
         >>> r = NormalizationRecord("kidney", (0.0, 200.0), 80.0, 60.0)
@@ -114,6 +121,7 @@ def phase_normalization(
     histograms: Mapping[str, npt.NDArray[np.int64]],
     phase: str,
     window: tuple[float, float] | None,
+    scaling: str = "zscore",
 ) -> NormalizationRecord:
     """The normalisation record of one phase from the training-split histograms.
 
@@ -121,7 +129,20 @@ def phase_normalization(
         histograms: ``{"all": counts, "kidney_region": counts}`` from preprocessing.
         phase: ``"kidney"`` (statistics of all voxels) or ``"tumor"`` (inside the region).
         window: HU clip window or ``None``.
+        scaling: ``"zscore"`` (training-split statistics) or ``"window"`` (the window onto
+            [0, 1]; needs a window, ignores the histograms).
+
+    Example:
+        >>> phase_normalization({}, "kidney", (0, 200), "window")
+        NormalizationRecord(phase='kidney', window=(0.0, 200.0), mean=0.0, std=200.0)
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
+    if scaling == "window":
+        if window is None:
+            raise ValueError("window scaling needs a window (the phase's input is unclipped)")
+        lo, hi = float(window[0]), float(window[1])
+        return NormalizationRecord(phase, (lo, hi), lo, hi - lo)
     key = "all" if phase == "kidney" else "kidney_region"
     mean, std = stats_from_histogram(histograms[key], window)
     clip = None if window is None else (float(window[0]), float(window[1]))

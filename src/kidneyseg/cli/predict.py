@@ -100,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="flip test-time augmentation: average each slice's probabilities with those of "
         "its left-right mirror (about 2x slower; same as --set inference.tta=true)",
     )
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("auto", "torch", "onnx"),
+        help="torch, onnx (ONNX Runtime, CPU fp32, exports on first use) or auto (default: "
+        "ONNX on the CPU once exported with kidneyseg export --format onnx); inference.backend",
+    )
     add_split_options(parser, "predict")
     parser.add_argument(
         "--preview",
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     cases = split_cases(args)
     # --tta is a shorthand for the config field, so the Python API's overrides do the same.
     overrides = [*args.overrides, "inference.tta=true"] if args.tta else args.overrides
+    overrides = [*overrides, f"inference.backend={args.backend}"] if args.backend else overrides
     report = predict(
         args.input,
         args.output,

@@ -14,7 +14,8 @@
   (LPS x, y, z), ``side``, ``hu_mean``, ``hu_std`` (null without the CT), ``voxels``),
   ``voxels`` (count per label), ``sides`` (the midline rule and its LPS x), ``coordinates``.
 * Each label file names its model in its header description (`header_description`:
-  ``kidneyseg <version> model <model id> <device> <precision>``; NIfTI ``descrip``).
+  ``kidneyseg <version> model <model id> <device> <precision>``, plus `` onnx`` when ONNX
+  Runtime ran it; NIfTI ``descrip``). The provenance also says ``backend`` (torch or onnx).
 * DICOM input: ``<name>.seg.dcm`` (`seg_path`), a DICOM Segmentation (`kidneyseg.dicom_seg`),
   unless ``--output-format`` names a label-file format (`writes_seg`).
 * ``--save-probabilities``: ``<name>_kidney_prob.nii.gz`` and ``<name>_tumor_prob.nii.gz``,
@@ -180,15 +181,17 @@ def provenance(model_id: str, model: str, device: str, precision: str) -> dict[s
 
 
 def header_description(prov: Mapping[str, str]) -> str:
-    """The label file's header description (NIfTI ``descrip``, 80 characters at most).
+    """The label file's header description (NIfTI ``descrip``, 80 characters at most); ends
+    in ``onnx`` when ONNX Runtime ran the networks (provenance ``backend``).
 
     Example:
         >>> header_description(provenance("0123456789abcdef", "run", "cuda:0", "bf16"))
         'kidneyseg 0.1.0 model 0123456789abcdef cuda:0 bf16'
     """
+    onnx = " onnx" if prov.get("backend") == "onnx" else ""
     return (
         f"kidneyseg {prov.get('kidneyseg_version', '')} model {prov.get('model_id', '')} "
-        f"{prov.get('device', '')} {prov.get('precision', '')}"
+        f"{prov.get('device', '')} {prov.get('precision', '')}{onnx}"
     )[:80]
 
 

@@ -289,17 +289,19 @@ class PrepDir:
         except (KeyError, TypeError, ValueError) as exc:
             raise KidneysegError(f"{CASE_RECORD_FILE} has no valid hu_range", path=path) from exc
 
-    def normalization(self, phase: str, window: tuple[float, float] | None) -> NormalizationRecord:
-        """The phase's record for ``window``: the one ``meta.json`` stores when its window is
-        the same, else computed from the training histograms (a window ablation needs no
-        re-preprocessing).
+    def normalization(
+        self, phase: str, window: tuple[float, float] | None, scaling: str = "zscore"
+    ) -> NormalizationRecord:
+        """The phase's record for ``window``: the one ``meta.json`` stores (z-score) when its
+        window is the same, else computed from the training histograms (a window ablation
+        needs no re-preprocessing); ``scaling="window"`` maps the window onto [0, 1].
 
         Raises:
             KidneysegError: the training split has no voxels for this phase's statistics.
         """
         stored = self.meta.get("normalization", {}).get(phase)
         want = None if window is None else (float(window[0]), float(window[1]))
-        if stored is not None:
+        if stored is not None and scaling == "zscore":
             try:
                 record = NormalizationRecord.from_dict(stored)
             except ValueError as exc:
@@ -307,7 +309,7 @@ class PrepDir:
             if record.phase == phase and record.window == want:
                 return record
         try:
-            return phase_normalization(self.histograms, phase, want)
+            return phase_normalization(self.histograms, phase, want, scaling)
         except ValueError as exc:
             what = "voxels" if phase == "kidney" else "voxels inside the kidney region"
             raise KidneysegError(
