@@ -24,6 +24,7 @@ from typing import Any
 
 from kidneyseg.config_files import load_config_file
 from kidneyseg.errors import KidneysegError
+from kidneyseg.planes import check_plane_settings
 from kidneyseg.presets import PRESETS as PRESETS  # re-exported (the presets' own module)
 from kidneyseg.presets import preset_names
 from kidneyseg.utils import atomic_write_text
@@ -93,6 +94,9 @@ class DataConfig:
     extra_cases: str = ""
     #: Fraction of each epoch's slices drawn from ``extra_cases`` (the rest from the main ones).
     extra_weight: float = 0.25
+    #: Slicing planes, one model each (the paper's future work), e.g. "axial,coronal,sagittal";
+    #: each gets the whole budget (epochs x samples of its own plane; README "Planes").
+    planes: str = "axial"
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,8 @@ class InferenceConfig:
     fast_crop: str = "axial"
     #: Flip test-time augmentation: mean probability of each slice and its left-right mirror.
     tta: bool = False
+    #: Plane models averaged: "all" the model folder has, or a list ("axial": fast mode's).
+    planes: str = "all"
     #: "torch", "onnx" (ONNX Runtime, CPU fp32; exports on first use) or "auto": ONNX when it
     #: can run here and the model is already exported (`kidneyseg.onnx_backend`; README "Speed").
     backend: str = "auto"
@@ -381,17 +387,13 @@ def validate(cfg: Config) -> Config:
     need(cfg.preprocess.workers >= 1, "preprocess.workers must be >= 1")
     for name, seed in (("preprocess.seed", cfg.preprocess.seed), ("train.seed", t.seed)):
         need(0 <= seed < 2**32, f"{name} must be in 0 .. 2**32 - 1 (got {seed})")
-    need(cfg.inference.batch_size >= 1, "inference.batch_size must be >= 1")
-    need(0 < cfg.inference.threshold < 1, "inference.threshold must be in (0, 1)")
-    need(
-        cfg.inference.mode in ("fast", "naive"),
-        f"inference.mode must be fast or naive (got {cfg.inference.mode!r})",
-    )
-    need(
-        cfg.inference.fast_crop in ("axial", "box"),
-        f"inference.fast_crop must be axial or box (got {cfg.inference.fast_crop!r})",
-    )
-    b = cfg.inference.backend
+    i = cfg.inference
+    need(i.batch_size >= 1, "inference.batch_size must be >= 1")
+    need(0 < i.threshold < 1, "inference.threshold must be in (0, 1)")
+    need(i.mode in ("fast", "naive"), f"inference.mode must be fast or naive (got {i.mode!r})")
+    c = i.fast_crop
+    need(c in ("axial", "box"), f"inference.fast_crop must be axial or box (got {c!r})")
+    b = i.backend
     need(b in ("auto", "torch", "onnx"), f"inference.backend must be auto, torch or onnx ({b!r})")
     need(cfg.inference.coarse_step_mm > 0, "inference.coarse_step_mm must be > 0")
     need(cfg.inference.crop_margin_mm >= 0, "inference.crop_margin_mm must be >= 0")
@@ -401,6 +403,7 @@ def validate(cfg: Config) -> Config:
     )
     need(cfg.postprocess.min_component_ml >= 0, "postprocess.min_component_ml must be >= 0")
     need(cfg.postprocess.kidney_components >= 0, "postprocess.kidney_components must be >= 0")
+    check_plane_settings(d.planes, cfg.inference.planes)
     return cfg
 
 

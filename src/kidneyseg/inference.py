@@ -50,6 +50,7 @@ from kidneyseg.formats.pred_dir import (
     writes_seg,
 )
 from kidneyseg.formats.run_dir import model_id, require_best_checkpoint
+from kidneyseg.fusion import by_folder, load_plane_runners, segment_planes, select_planes
 from kidneyseg.hardware import resolve_device, use_all_cores
 from kidneyseg.inputs import (
     InputCase,
@@ -60,7 +61,6 @@ from kidneyseg.inputs import (
     plan_prediction,
 )
 from kidneyseg.io import check_hounsfield, read_image, read_labels, write_volume
-from kidneyseg.localization import segment_cascade
 from kidneyseg.model_package import open_model
 from kidneyseg.onnx_backend import use_backend
 from kidneyseg.phase_runner import PhaseRunner
@@ -107,7 +107,8 @@ class Predictor:
     Attributes:
         config: the kidney checkpoint's config with the prediction-time settings applied.
         predicts_cysts: phase 2 predicts cysts too (labels 0-3 out, not 0-2).
-        provenance: model id (hash of both checkpoints), version, device, precision, backend.
+        planes: each phase's runners by plane (`kidneyseg.fusion.select_planes`).
+        provenance: model id (hash of the checkpoints), version, device, precision, backend.
 
     Raises:
         KidneysegError: a phase missing from ``model_dir``, a corrupt or incompatible
@@ -136,6 +137,7 @@ class Predictor:
             kidney = PhaseRunner.load(require_best_checkpoint(folder, "kidney"), "kidney")
             tumor = PhaseRunner.load(require_best_checkpoint(folder, "tumor"), "tumor")
             identity = model_id(folder)
+            others = load_plane_runners(folder)  # coronal / sagittal models (kidneyseg.fusion)
         self.config = _predict_config(kidney.config, config_file, overrides)
         inference = self.config.inference
         self.device = resolve_device(inference.device if device is None else device)
@@ -144,9 +146,10 @@ class Predictor:
             raise KidneysegError(f"batch size must be >= 1 (got {self.batch_size})")
         self.progress = progress
         how = (inference.precision, self.batch_size, inference.threshold, inference.tta)
-        for runner in (kidney, tumor):
+        for runner in (kidney, tumor, *(r for plane in others.values() for r in plane.values())):
             runner.configure(self.device, *how)
         self.phases = {"kidney": kidney, "tumor": tumor}
+        self.planes = select_planes(self.phases, others, inference)
         self.predicts_cysts = "cyst" in tumor.outputs
         if output_format not in (None, *OUTPUT_FORMATS):
             raise KidneysegError(
@@ -158,7 +161,8 @@ class Predictor:
         )
         if self.device.type == "cpu":
             use_all_cores()
-        self.backend = use_backend(self.phases, inference, self.model_dir)  # after the threads
+        # After the threads; every model that runs (plane models too, `<folder>/best.onnx`).
+        self.backend = use_backend(by_folder(self.planes), inference, self.model_dir)
         self.provenance.update(backend=self.backend, precision=kidney.precision)
 
     # ---------------------------------------------------------------- one volume
@@ -209,6 +213,8 @@ class Predictor:
 
         ``inference.mode = "fast"`` runs both phases only around the kidneys
         (`kidneyseg.localization.segment_fast`); ``"naive"`` runs phase 1 on every whole slice.
+        With coronal / sagittal models (`planes`) each phase is the mean of its planes'
+        probabilities (`kidneyseg.fusion.segment_planes`; naive mode only).
 
         Returns:
             ``(kidney, tumor, region)``: phase 1's mask, phase 2's mask (only on slices with
@@ -219,11 +225,9 @@ class Predictor:
             the cyst mask; the tumor mask then excludes cysts.
         """
         update = None if bar is None else bar.update
-        kidney, tumor = self.phases["kidney"], self.phases["tumor"]
-        settings = self.config.inference
-        return segment_cascade(
-            kidney, tumor, ct, spacing, settings, update, kidney_prob, tumor_prob, cyst, cyst_prob
-        )
+        settings = self.config.inference  # with plane models: their mean (kidneyseg.fusion)
+        probs = (kidney_prob, tumor_prob, cyst, cyst_prob)
+        return segment_planes(self.planes, ct, spacing, settings, update, *probs)
 
     def _predict(
         self, volume: Volume, source: str | Path | None, probabilities: bool = False

@@ -23,7 +23,13 @@ from typing import Any
 from kidneyseg.config import config_to_dict
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import META_FILE, read_split
-from kidneyseg.formats.run_dir import CONFIG_FILE, best_checkpoint, model_id, phase_dir
+from kidneyseg.formats.run_dir import (
+    CONFIG_FILE,
+    best_checkpoint,
+    model_id,
+    phase_dir,
+    trained_planes,
+)
 from kidneyseg.models import read_checkpoint_meta
 from kidneyseg.types import PHASES
 
@@ -96,6 +102,7 @@ def model_card(run_dir: str | Path) -> dict[str, Any]:
         "complete": complete,
         "licence": licence or NO_LICENCE,
         "phases": phases,
+        "planes": {phase: list(trained_planes(run, phase)) for phase in PHASES},
     }
 
 
@@ -106,6 +113,9 @@ def format_card(card: dict[str, Any]) -> str:
         f"model id     {card['model_id'] or 'incomplete (a phase is not trained)'}",
         f"licence      {card['licence']}",
     ]
+    planes = card.get("planes", {})
+    if any(p != ["axial"] for p in planes.values()):
+        lines.append("planes       " + "; ".join(f"{k}: {', '.join(v)}" for k, v in planes.items()))
     for phase, p in card["phases"].items():
         if p is None:
             lines.append(f"{phase:<12} not trained")

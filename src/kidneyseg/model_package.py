@@ -9,11 +9,12 @@ A **model package** (``kidneyseg export RUN_DIR model.zip``) is a zip file holdi
     kidney/config.json         and its resolved config (when the run folder has it)
     tumor/best.safetensors
     tumor/config.json
+    kidney_coronal/...         plane models, when the run folder has them (``data.planes``)
 
 Unpacked, it is a ``RUN_DIR`` that ``predict`` reads. Reading one checks everything before a
 byte is used: the members are exactly the manifest's files plus the manifest (no stray or
 unsafe names), each member's SHA-256 equals the manifest's, and the manifest's model id equals
-the one computed from the two checkpoints (`kidneyseg.formats.run_dir.model_id_from_digests`).
+the one computed from the checkpoints (`kidneyseg.formats.run_dir.model_id_from_digests`).
 A corrupt or tampered package is refused with one line naming the file.
 
 The **model store** (`models_home`: ``$KIDNEYSEG_HOME/models``, default
@@ -49,10 +50,12 @@ from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.run_dir import (
     BEST_FILE,
     CONFIG_FILE,
+    checkpoint_digests,
     file_sha256,
     model_id_from_digests,
     phase_dir,
     require_best_checkpoint,
+    trained_planes,
 )
 from kidneyseg.model_card import model_card
 from kidneyseg.types import PHASES
@@ -67,7 +70,9 @@ HOME_ENV = "KIDNEYSEG_HOME"
 #: A model id: 16 lower-case hex digits (`kidneyseg.formats.run_dir.model_id`).
 MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
 #: Member names a package may hold: top-level files or one level under a phase folder.
-_SAFE_MEMBER = re.compile(r"^(?:(?:kidney|tumor)/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SAFE_MEMBER = re.compile(
+    r"^(?:(?:kidney|tumor)(?:_coronal|_sagittal)?/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+)
 _CHUNK = 1 << 20
 
 
@@ -87,9 +92,15 @@ def _checkpoint_member(phase: str) -> str:
     return f"{phase}/{BEST_FILE}"
 
 
+def _checkpoint_digests(files: dict[str, str]) -> dict[str, str]:
+    """Each checkpoint member's SHA-256 by its folder (``kidney``, ``tumor_coronal``...)."""
+    return {n.split("/")[0]: d for n, d in files.items() if n.endswith(f"/{BEST_FILE}")}
+
+
 def export_model(run_dir: str | Path, dest: str | Path) -> dict[str, Any]:
-    """Pack both phases' best checkpoints, their ``config.json`` and the model card of
-    ``run_dir`` into the zip file ``dest`` (written atomically). Returns the manifest.
+    """Pack both phases' best checkpoints (and those of any plane models), their
+    ``config.json`` and the model card of ``run_dir`` into the zip file ``dest`` (written
+    atomically). Returns the manifest.
 
     Raises:
         KidneysegError: a phase's best checkpoint is missing, or ``dest`` is not a ``.zip``
@@ -101,17 +112,19 @@ def export_model(run_dir: str | Path, dest: str | Path) -> dict[str, Any]:
         raise KidneysegError("a model package is a .zip file; give e.g. model.zip", path=out)
     files: dict[str, Path] = {}
     for phase in PHASES:
-        files[_checkpoint_member(phase)] = require_best_checkpoint(run, phase)
-        config = phase_dir(run, phase) / CONFIG_FILE
-        if config.is_file():
-            files[f"{phase}/{CONFIG_FILE}"] = config
+        require_best_checkpoint(run, phase)
+        for plane in trained_planes(run, phase):
+            folder = phase_dir(run, phase, plane)
+            files[f"{folder.name}/{BEST_FILE}"] = folder / BEST_FILE
+            if (folder / CONFIG_FILE).is_file():
+                files[f"{folder.name}/{CONFIG_FILE}"] = folder / CONFIG_FILE
     card = json.dumps(model_card(run), indent=2).encode("utf-8")
     digests = {name: file_sha256(path) for name, path in files.items()}
     digests[CARD_FILE] = hashlib.sha256(card).hexdigest()
     manifest = {
         "format": PACKAGE_FORMAT,
         "format_version": PACKAGE_FORMAT_VERSION,
-        "model_id": model_id_from_digests({p: digests[_checkpoint_member(p)] for p in PHASES}),
+        "model_id": model_id_from_digests(_checkpoint_digests(digests)),
         "kidneyseg_version": package_version(),
         "files": dict(sorted(digests.items())),
     }
@@ -208,9 +221,7 @@ def unpack_model(path: str | Path, dest: str | Path) -> dict[str, Any]:
                             f.write(block)
                     if digest.hexdigest() != expected:
                         raise _refuse(src, f"{name} does not match its SHA-256 in the manifest")
-                computed = model_id_from_digests(
-                    {p: manifest["files"][_checkpoint_member(p)] for p in PHASES}
-                )
+                computed = model_id_from_digests(_checkpoint_digests(manifest["files"]))
                 if computed != manifest["model_id"]:
                     raise _refuse(
                         src,
@@ -254,8 +265,7 @@ def open_model(model: str | Path) -> Iterator[Path]:
                 f"model {model} is not installed in {models_home()}; install it with "
                 "`kidneyseg install-model FILE|URL`"
             )
-        digests = {p: file_sha256(require_best_checkpoint(folder, p)) for p in PHASES}
-        if model_id_from_digests(digests) != str(model):
+        if model_id_from_digests(checkpoint_digests(folder)) != str(model):
             raise KidneysegError(
                 "installed model's checkpoints do not match its id (corrupt); install it again",
                 path=folder,

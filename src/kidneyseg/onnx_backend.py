@@ -309,9 +309,10 @@ def export_onnx(
 
 
 def export_run(model: str | Path, force: bool = False) -> dict[str, Path]:
-    """``kidneyseg export RUN_DIR --format onnx``: export every ``<phase>/best.safetensors`` of
-    a model folder, package or installed id (`kidneyseg.model_package.open_model`; the last
-    two go to the user cache). Returns ``{phase folder: .onnx file}``.
+    """``kidneyseg export RUN_DIR --format onnx``: export every ``<phase>/best.safetensors``
+    (plane models' ``<phase>_<plane>/`` too) of a model folder, package or installed id
+    (`kidneyseg.model_package.open_model`; the last two go to the user cache). Returns
+    ``{phase folder: .onnx file}``.
 
     Raises:
         KidneysegError: no phase checkpoint, or as `export_onnx`.
@@ -348,8 +349,10 @@ def use_backend(
     """Put ``settings.backend`` into effect on configured runners; returns ``torch``/``onnx``.
 
     With ONNX every runner's ``model`` becomes an `OnnxNetwork` and its precision ``fp32``.
-    Exports are looked for beside ``model_dir/<phase>/best.safetensors`` (when ``model_dir``
-    is a folder) and in the user cache; ``onnx`` exports what is missing (``auto`` does not).
+    ``runners`` are keyed by model folder (``kidney``, ``tumor``, and plane models'
+    ``kidney_coronal``..., `kidneyseg.fusion.by_folder`); exports are looked for beside
+    ``model_dir/<folder>/best.safetensors`` (when ``model_dir`` is a folder) and in the user
+    cache; ``onnx`` exports what is missing (``auto`` does not).
     Call it after the CPU thread count is set: the sessions take torch's.
 
     Raises:

@@ -9,6 +9,10 @@ slices, `dice_from_counts`; a phase 2 with tumor and cyst outputs pools both out
 counts), summed over all processes under DDP.
 Only global rank 0 writes. A killed run continues from the last finished epoch with
 ``resume=True`` (CLI ``--resume``); raise ``train.epochs`` to extend a finished run.
+With ``data.planes`` (e.g. ``"axial,coronal,sagittal"``) the phase trains one model per plane,
+one after the other, each with the whole budget (``train.epochs`` x ``data.samples_per_epoch``
+slices of its own plane) into ``RUN_DIR/<phase>`` (axial) or ``RUN_DIR/<phase>_<plane>``, on
+the cached plane view of the data (`kidneyseg.plane_views`).
 
 Hardware comes from the config: ``train.accelerator`` / ``train.devices`` /
 ``train.num_nodes`` (CLI ``--accelerator`` / ``--devices`` / ``--num-nodes``).
@@ -45,7 +49,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,7 @@ from kidneyseg.formats import run_dir as rd
 from kidneyseg.loaders import TrainingData, env_rank, prepare_training
 from kidneyseg.losses import build_loss
 from kidneyseg.models import build_model, phase_config
+from kidneyseg.plane_views import check_planes, prepare_plane_training
 from kidneyseg.run_recorder import RunRecorder, check_resume_state
 from kidneyseg.utils import package_version
 
@@ -202,15 +207,23 @@ class TrainResult:
     #: What chose the best epoch: "val_loss", "val_dice" (``train.checkpoint_metric``), or
     #: "train_loss" when there is no validation set.
     monitor: str = "val_loss"
+    #: The slicing plane of this model (`kidneyseg.planes.PLANES`).
+    plane: str = "axial"
+    #: The results of the phase's other planes (``data.planes``), in training order.
+    others: tuple[TrainResult, ...] = ()
 
     def summary(self) -> str:
         what = {"val_loss": "val loss", "val_dice": "val Dice"}.get(
             self.monitor, "training loss (no validation set)"
         )
-        return (
-            f"{self.phase}: best {what} {self.best_val_loss:.4f} at epoch "
-            f"{self.best_epoch}/{self.epochs} in {self.seconds:.0f} s; "
-            f"checkpoint {self.best_checkpoint}"
+        name = self.phase if self.plane == "axial" else f"{self.phase} ({self.plane})"
+        return "\n".join(
+            [
+                f"{name}: best {what} {self.best_val_loss:.4f} at epoch "
+                f"{self.best_epoch}/{self.epochs} in {self.seconds:.0f} s; "
+                f"checkpoint {self.best_checkpoint}",
+                *(other.summary() for other in self.others),
+            ]
         )
 
 
@@ -250,6 +263,7 @@ def train_phase(
     kidney_model: str | Path | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    plane: str | None = None,
 ) -> TrainResult:
     """Train one phase of the cascade and write ``RUN_DIR/<phase>/``.
 
@@ -265,9 +279,12 @@ def train_phase(
             ``run_dir/kidney/best.safetensors``); regions are cached in ``run_dir/tumor/regions``.
         progress: show Lightning's progress bar and one line per epoch on stderr.
         callbacks: extra Lightning callbacks (e.g. early stopping, custom logging).
+        plane: train only this plane's model; None = every plane of ``data.planes`` (with
+            ``resume``, a plane without training state yet starts afresh).
 
     Returns:
-        `TrainResult` with the checkpoint paths and the best epoch.
+        `TrainResult` with the checkpoint paths and the best epoch (the first plane's; the
+        others in ``others``).
 
     Raises:
         KidneysegError: bad input, detected before anything is written.
@@ -278,7 +295,16 @@ def train_phase(
     """
     # model.classes = the phase's outputs (tumor and cyst: 2), recorded in config and checkpoints.
     cfg = phase_config(validate(cfg or Config()), phase)
-    out = rd.phase_dir(run_dir, phase)
+    if plane is None:
+        planes = check_planes(cfg, run_dir, phase, resume)
+        state = {p: (rd.phase_dir(run_dir, phase, p) / rd.RESUME_FILE).is_file() for p in planes}
+        results = []
+        for p in planes:
+            again = resume and (state[p] or not any(state.values()))
+            args = (cfg, again, kidney_model, progress, callbacks, p)
+            results.append(train_phase(prep_dir, run_dir, phase, *args))
+        return replace(results[0], others=tuple(results[1:]))
+    out = rd.phase_dir(run_dir, phase, plane)
     last_ckpt = out / rd.RESUME_FILE
     trained = (out / rd.BEST_FILE).is_file()
     if resume and not last_ckpt.is_file():
@@ -310,6 +336,11 @@ def train_phase(
     predicted = phase == "tumor" and cfg.data.tumor_region == "predicted"
     if predicted and kidney_model is None:
         kidney_model = rd.best_checkpoint(run_dir, "kidney")
+    if plane != "axial":  # train on the plane's view of the data (and of predicted regions)
+        rank0 = env_rank() == 0
+        prep_dir = prepare_plane_training(
+            prep_dir, run_dir, phase, plane, cfg, kidney_model, rank0, progress
+        )
     setup = prepare_training(
         prep_dir,
         phase,
@@ -327,6 +358,7 @@ def train_phase(
             out / rd.CONFIG_FILE,
             kidneyseg_version=package_version(),
             phase=phase,
+            plane=plane,
             prep_dir=str(Path(prep_dir).resolve()),
             normalization=setup.normalization.to_dict(),
         )
@@ -392,4 +424,5 @@ def train_phase(
         epochs=int(rows[-1]["epoch"]) if rows else 0,
         seconds=time.perf_counter() - start,
         monitor=recorder.monitor if setup.val_set is not None else "train_loss",
+        plane=plane,
     )

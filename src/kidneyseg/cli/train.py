@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "train",
         help="train one phase (kidney or tumor) on a preprocessed folder",
         description="Train one phase of the cascade with Lightning and write RUN_DIR/<phase>/ "
-        "(best.safetensors, last.safetensors, last.ckpt, metrics.csv, curves.png, config.json).",
+        "(best.safetensors, last.safetensors, last.ckpt, metrics.csv, curves.png, config.json); "
+        "with --set data.planes=axial,coronal,sagittal also RUN_DIR/<phase>_coronal/ and "
+        "RUN_DIR/<phase>_sagittal/ (one model per plane; predict averages them).",
     )
     p.add_argument(
         "prep_dir", metavar="PREP_DIR", help="preprocessed folder (kidneyseg preprocess)"
