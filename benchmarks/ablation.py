@@ -156,6 +156,8 @@ def run_row(
             seconds[f"train_{phase}_s"] = secs
             _say(f"{name}: {phase} model reused from {source}")
             continue
+        if (run / phase).exists():  # left by an interrupted call: not in the registry
+            shutil.rmtree(run / phase)
         t0 = time.perf_counter()
         train_phase(prep, run, phase, cfg, progress=False)
         seconds[f"train_{phase}_s"] = round(time.perf_counter() - t0, 1)
