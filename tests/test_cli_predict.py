@@ -256,6 +256,7 @@ def test_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
         "--stats",
         "--overwrite",
         "--tta",
+        "--threads",
     ):
         assert option in text
 
@@ -283,3 +284,29 @@ def test_tta_flag_reaches_both_phases(
         np.testing.assert_array_equal(
             read_labels(out).array, expected_labels(read_image(src).array)
         )
+
+
+def test_threads_flag_sets_the_thread_count(
+    run_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    # Recorded first, so the variable the CLI sets is undone after the test.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    before = torch.get_num_threads()
+    src = write_volume(_ct(), tmp_path / "ct.nrrd")
+    try:
+        assert _predict(src, tmp_path / "a.nii.gz", "--model", run_dir, "--threads", "1") == 0
+        assert torch.get_num_threads() == 1  # not raised back to every core by the Predictor
+        np.testing.assert_array_equal(
+            read_labels(tmp_path / "a.nii.gz").array, expected_labels(read_image(src).array)
+        )
+        code = _predict(src, tmp_path / "b.nii.gz", "--model", run_dir, "--threads", "0")
+        _assert_fails(capsys, code, "--threads must be >= 1")
+        assert not (tmp_path / "b.nii.gz").exists()
+    finally:
+        torch.set_num_threads(before)

@@ -9,9 +9,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kidneyseg.cli import add_config_options, add_split_options, split_cases
+from kidneyseg.errors import KidneysegError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,6 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="torch, onnx (ONNX Runtime, CPU fp32, exports on first use) or auto (default: "
         "ONNX on the CPU once exported with kidneyseg export --format onnx); inference.backend",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the networks (torch and ONNX Runtime; default: every core)",
+    )
     add_split_options(parser, "predict")
     parser.add_argument(
         "--preview",
@@ -122,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
     from kidneyseg.inference import predict
 
     cases = split_cases(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise KidneysegError(f"--threads must be >= 1 (got {args.threads})")
+        import torch
+
+        # OMP_NUM_THREADS is what use_all_cores respects; ONNX Runtime copies torch's count.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     # --tta is a shorthand for the config field, so the Python API's overrides do the same.
     overrides = [*args.overrides, "inference.tta=true"] if args.tta else args.overrides
     overrides = [*overrides, f"inference.backend={args.backend}"] if args.backend else overrides
