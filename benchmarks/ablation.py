@@ -29,7 +29,6 @@ Prints a Markdown table and, as its last line, one JSON object (also written to
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -42,6 +41,7 @@ from typing import Any
 from kidneyseg.config import Config, resolve_config
 from kidneyseg.data.phantoms import write_cohort
 from kidneyseg.evaluation import evaluate
+from kidneyseg.formats import run_dir as rd
 from kidneyseg.formats.prep_dir import read_split
 from kidneyseg.inference import Predictor
 from kidneyseg.preprocessing import preprocess
@@ -107,8 +107,8 @@ def row_config(base: list[str], extra: list[str], planes_share: bool) -> Config:
 
 def same_best_epoch(phase_dir: Path) -> bool:
     """Whether a run's lowest val_loss and highest val_dice fall in the same epoch."""
-    with (phase_dir / "metrics.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_loss") and r.get("val_dice")]
+    metrics = rd.read_metrics(phase_dir / rd.METRICS_FILE)
+    rows = [r for r in metrics if r.get("val_loss") and r.get("val_dice")]
     if not rows:
         return False
     by_loss = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]

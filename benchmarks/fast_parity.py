@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kidneyseg.evaluation import evaluate
+from kidneyseg.formats.eval_dir import PER_CASE_FILE
 from kidneyseg.formats.prep_dir import read_split
 from kidneyseg.inference import Predictor
 from kidneyseg.io import read_labels
@@ -30,7 +31,7 @@ COLUMNS = ("dice_kidney_and_mass", "dice_mass", "dice_tumor")
 
 
 def per_case(eval_dir: Path) -> dict[str, dict[str, float]]:
-    with (eval_dir / "per_case.csv").open(newline="") as f:
+    with (eval_dir / PER_CASE_FILE).open(newline="") as f:
         return {r["case"]: {c: float(r[c] or "nan") for c in COLUMNS} for r in csv.DictReader(f)}
 
 
