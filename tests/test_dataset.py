@@ -377,3 +377,24 @@ def test_augment_moves_every_channel_alike() -> None:
     ni, _ = noisy(image, target, torch.Generator().manual_seed(0))
     noise = ni - image
     assert 0.4 < noise.std() < 0.6 and not torch.equal(noise[:, 0], noise[:, 1])
+
+
+def test_rare_fraction_draws_the_rarer_class_and_changes_nothing_at_zero(prep) -> None:
+    """``data.rare_fraction``: that share of the foreground draws comes from slices holding the
+    phase's rarer class (phase 1: masses); at 0 the draw is exactly the paper's."""
+    fg = np.zeros(1000, bool)
+    fg[:200] = True
+    rare = np.zeros(1000, bool)
+    rare[:10] = True  # 1 % of all slices, 5 % of the foreground
+    plain = list(ForegroundSampler(fg, 4000, 0.5, seed=3))
+    assert list(ForegroundSampler(fg, 4000, 0.5, seed=3, rare=rare, rare_fraction=0.0)) == plain
+    drawn = np.array(list(ForegroundSampler(fg, 4000, 0.5, seed=3, rare=rare, rare_fraction=0.5)))
+    # Half of the 2000 foreground draws + 5 % of the other 1000 foreground + 1 % of 2000 uniform.
+    assert abs(rare[drawn].mean() - (1000 + 50 + 20) / 4000) < 0.02
+    assert abs(fg[drawn].mean() - (0.5 + 0.5 * 0.2)) < 0.03  # the foreground share is unchanged
+    # The dataset flags: phase 1's rarer class is the masses (tumor here), on every second
+    # kidney slice of the fixture; the paper's tumor-only phase 2 has none.
+    kidney = SliceDataset(prep, ["case_00000"], "kidney", DataConfig(image_size=32))
+    assert kidney.rare.sum() == 3 and (kidney.rare <= kidney.foreground).all()
+    tumor = SliceDataset(prep, ["case_00000"], "tumor", DataConfig(image_size=32))
+    assert not tumor.rare.any()

@@ -60,6 +60,10 @@ class DataConfig:
     #: The tumor phase's own fraction; ``None`` = ``foreground_fraction``. (Phase 2 draws only
     #: slices with kidney, most of which hold no tumor; a high share makes it over-call.)
     tumor_foreground_fraction: float | None = None
+    #: Share of those foreground draws taken from slices holding the phase's rarer class (phase
+    #: 1: masses, labels 2/3; ``tumor,cyst`` phase 2: cysts), as nnU-Net samples each class's
+    #: foreground alike; 0 = the paper (no class is preferred).
+    rare_fraction: float = 0.0
     #: Phase-2 input region: "ground_truth" kidney region (default) or "predicted" by phase 1.
     tumor_region: str = "ground_truth"
     #: Phase-2 classes, one network output each: "tumor" (paper §3: one sigmoid output, label 2;
@@ -332,23 +336,18 @@ def validate(cfg: Config) -> Config:
         d.image_size >= 32 and d.image_size % 32 == 0,
         f"data.image_size must be a multiple of 32 and >= 32 (got {d.image_size}); try 128/256/512",
     )
-    need(
-        d.kidney_window[0] < d.kidney_window[1],
-        "data.kidney_window must be (low, high) with low < high",
-    )
-    need(
-        d.tumor_window is None or d.tumor_window[0] < d.tumor_window[1],
-        "data.tumor_window must be none or (low, high) with low < high",
-    )
+    kw, tw = d.kidney_window, d.tumor_window
+    need(kw[0] < kw[1], "data.kidney_window must be (low, high) with low < high")
+    need(tw is None or tw[0] < tw[1], "data.tumor_window must be none or (low, high), low < high")
     need(
         d.normalization == "zscore" or (d.normalization == "window" and bool(d.tumor_window)),
         f"data.normalization must be zscore or window (got {d.normalization!r}); window "
         "needs data.tumor_window too (phase 2 is unclipped by default), e.g. 0,400",
     )
-    need(0.0 <= d.foreground_fraction <= 1.0, "data.foreground_fraction must be in [0, 1]")
+    fractions = (d.foreground_fraction, d.rare_fraction, d.tumor_foreground_fraction or 0.0)
     need(
-        d.tumor_foreground_fraction is None or 0.0 <= d.tumor_foreground_fraction <= 1.0,
-        "data.tumor_foreground_fraction must be none or in [0, 1]",
+        all(0.0 <= f <= 1.0 for f in fractions),
+        "data.foreground_fraction, rare_fraction, tumor_foreground_fraction must be in [0, 1]",
     )
     need(d.region_margin_mm >= 0, "data.region_margin_mm must be >= 0")
     need(

@@ -135,8 +135,10 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         # Columns of the slice index holding the outputs' labels: foreground = any of them.
         targets = {label for name in outputs for label in OUTPUT_TARGETS[name]}
         target_columns = [i for i, label in enumerate(SLICE_LABELS) if label in targets]
+        # The phase's rarer class (`rare_labels`): its slices can be drawn more often.
+        rare_columns = [i for i, label in enumerate(SLICE_LABELS) if label in rare_labels(outputs)]
         self._files: list[tuple[Path, Path, Path | None]] = []
-        items, foreground = [], []
+        items, foreground, rare = [], [], []
         for index, case_id in enumerate(self.case_ids):
             image_path, label_path, slices_path = prep.case_files(case_id)
             counts = np.load(slices_path)
@@ -161,8 +163,11 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             zs = np.flatnonzero(eligible)
             items.append(np.stack([np.full(len(zs), index), zs], axis=1))
             foreground.append(fg[zs])
+            rare.append((counts[:, rare_columns].sum(axis=1) > 0)[zs])
         self.items = np.concatenate(items).astype(np.int64) if items else np.zeros((0, 2), np.int64)
         self.foreground = np.concatenate(foreground) if foreground else np.zeros(0, bool)
+        #: Per slice: holds the phase's rarer class (`rare_labels`; `ForegroundSampler`).
+        self.rare = np.concatenate(rare) if rare else np.zeros(0, bool)
         self._open: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
 
     def __len__(self) -> int:
@@ -212,6 +217,20 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return x[0], y[0]
 
 
+def rare_labels(outputs: Sequence[str]) -> tuple[int, ...]:
+    """The labels of a phase's rarer class, whose slices ``data.rare_fraction`` favours:
+    the masses (tumor, cyst) inside phase 1's kidney; the cyst when phase 2 predicts tumor and
+    cyst; none for the paper's tumor-only phase 2.
+
+    Example:
+        >>> rare_labels(("kidney",)), rare_labels(("tumor", "cyst")), rare_labels(("tumor",))
+        ((2, 3), (3,), ())
+    """
+    if tuple(outputs) == ("kidney",):
+        return (*OUTPUT_TARGETS["tumor"], *OUTPUT_TARGETS["cyst"])
+    return tuple(OUTPUT_TARGETS["cyst"]) if "cyst" in outputs else ()
+
+
 def _cycled(rng: np.random.Generator, pool: npt.NDArray[np.int64], k: int) -> np.ndarray:
     """``k`` draws from ``pool``: whole shuffled passes, so every element comes up evenly."""
     if k <= 0 or len(pool) == 0:
@@ -225,8 +244,10 @@ class ForegroundSampler(Sampler[int]):
 
     Each epoch draws ``num_samples`` indices: ``round(fraction * num_samples)`` from the
     foreground slices, the rest from all slices (shuffled passes, so no slice is starved), then
-    shuffles them. Seeded by ``(seed, epoch)``; Lightning calls `set_epoch`. Under DDP each rank
-    takes every ``world_size``-th index of the same global draw.
+    shuffles them. Of the foreground draws, ``rare_fraction`` come from the slices flagged
+    ``rare`` (those holding the phase's rarer class, `rare_labels`; ``data.rare_fraction``).
+    Seeded by ``(seed, epoch)``; Lightning calls `set_epoch`. Under DDP each rank takes every
+    ``world_size``-th index of the same global draw.
 
     Example:
         >>> s = ForegroundSampler(np.array([True, False, False, False]), 8, 0.5, seed=0)
@@ -244,8 +265,12 @@ class ForegroundSampler(Sampler[int]):
         world_size: int = 1,
         sources: npt.NDArray[np.integer[Any]] | None = None,
         source_weights: Sequence[float] | None = None,
+        rare: npt.NDArray[np.bool_] | None = None,
+        rare_fraction: float = 0.0,
     ) -> None:
         self.foreground = np.asarray(foreground, bool)
+        self.rare = None if rare is None else np.asarray(rare, bool) & self.foreground
+        self.rare_fraction = float(rare_fraction)
         self.num_samples = int(num_samples)
         self.fraction = float(fraction)
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -271,7 +296,15 @@ class ForegroundSampler(Sampler[int]):
         """``k`` draws from ``pool``: the foreground share from its foreground, the rest uniform."""
         fg = pool[self.foreground[pool]]
         n_fg = round(self.fraction * k) if len(fg) else 0
-        return np.concatenate([_cycled(rng, fg, n_fg), _cycled(rng, pool, k - n_fg)])
+        rare = pool[self.rare[pool]] if self.rare is not None else pool[:0]
+        n_rare = round(self.rare_fraction * n_fg) if len(rare) else 0
+        return np.concatenate(
+            [
+                _cycled(rng, rare, n_rare),
+                _cycled(rng, fg, n_fg - n_rare),
+                _cycled(rng, pool, k - n_fg),
+            ]
+        )
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])

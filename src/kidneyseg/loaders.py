@@ -50,6 +50,8 @@ class TrainingSetup:
     val_set: Dataset[Any] | None
     #: Per training slice: contains the phase target (for `ForegroundSampler`).
     foreground: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    #: Per training slice: holds the phase's rarer class (``data.rare_fraction``).
+    rare: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     #: Per training slice: 0 main cases, 1 extra cases (None: main cases only).
     sources: npt.NDArray[np.int64] | None = None
     source_weights: tuple[float, float] | None = None
@@ -57,6 +59,7 @@ class TrainingSetup:
     def __post_init__(self) -> None:
         if not len(self.foreground) and isinstance(self.train_set, SliceDataset):
             self.foreground = self.train_set.foreground
+            self.rare = self.train_set.rare
 
 
 def env_rank() -> int:
@@ -243,6 +246,7 @@ def add_extra_cases(setup: TrainingSetup, extra: PrepDir) -> None:
     n_main = len(setup.foreground)
     setup.train_set = ConcatDataset([setup.train_set, extra_train])
     setup.foreground = np.concatenate([setup.foreground, extra_train.foreground])
+    setup.rare = np.concatenate([setup.rare, extra_train.rare])
     setup.sources = np.concatenate(
         [np.zeros(n_main, np.int64), np.ones(len(extra_train), np.int64)]
     )
@@ -282,6 +286,8 @@ def make_loaders(
         world_size,
         sources=setup.sources,
         source_weights=setup.source_weights,
+        rare=setup.rare if len(setup.rare) == len(setup.foreground) else None,
+        rare_fraction=cfg.data.rare_fraction,
     )
     workers = cfg.data.num_workers
     common: dict[str, Any] = {
