@@ -10,8 +10,10 @@ and a left kidney (label 1) at low i with a cyst (label 3) inside.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -154,6 +156,17 @@ def phantom_dicom_series(tmp_path: Path, phantom_volume: Phantom) -> Path:
 def dicom_writer() -> Callable[..., Path]:
     """`write_dicom_series(volume, folder, **options)`, for tests that need custom series."""
     return write_dicom_series
+
+
+@pytest.fixture(params=["installed", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Run a test twice: with the inflater `kidneyseg.compressed` chose (ISA-L's where the
+    ``fast`` extra is installed) and with the standard library's zlib (its fallback)."""
+    from kidneyseg import compressed
+
+    if request.param == "zlib":
+        monkeypatch.setattr(compressed, "INFLATE", zlib)
+    return compressed.INFLATE
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import subprocess
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from kidneyseg import compressed
 from kidneyseg.cli import main
+from kidneyseg.compressed import GZIP, ZLIB_OR_GZIP, inflate_checked
 from kidneyseg.config import Config, ModelConfig, resolve_config
 from kidneyseg.errors import KidneysegError
 from kidneyseg.inputs import plan_prediction
@@ -89,6 +92,7 @@ def test_write_on_full_disk_fails_and_leaves_nothing(full_disk: Path, phantom_vo
     assert listing(full_disk) == [".filler"]
 
 
+@pytest.mark.usefixtures("inflater")
 def test_silently_truncated_write_is_caught(tmp_path: Path, phantom_volume, monkeypatch):
     real = sitk.WriteImage
 
@@ -174,6 +178,7 @@ def _random_ct(shape=(40, 48, 32)) -> Volume:
     return Volume(rng.integers(-1000, 1500, shape).astype(np.int16), (0.8, 0.8, 2.0))
 
 
+@pytest.mark.usefixtures("inflater")
 def test_nifti_with_bad_gzip_crc(tmp_path: Path) -> None:
     path = write_volume(_random_ct((64, 64, 40)), tmp_path / "ct.nii.gz")
     data = bytearray(path.read_bytes())
@@ -187,6 +192,7 @@ def test_nifti_with_bad_gzip_crc(tmp_path: Path) -> None:
         read_volume(tmp_path / "mid.nii.gz")
 
 
+@pytest.mark.usefixtures("inflater")
 @pytest.mark.parametrize("suffix", ["mha", "nrrd"])
 def test_damaged_compressed_mha_nrrd(tmp_path: Path, suffix: str) -> None:
     path = _damage(write_volume(_random_ct(), tmp_path / f"ct.{suffix}"), 0.5)
@@ -195,6 +201,7 @@ def test_damaged_compressed_mha_nrrd(tmp_path: Path, suffix: str) -> None:
     one_line(err.value, f"ct.{suffix}")
 
 
+@pytest.mark.usefixtures("inflater")
 def test_itk_messages_while_reading_are_failures(tmp_path: Path) -> None:
     # A MetaImage whose zlib header is broken: ITK prints "Uncompress failed", reads zeros.
     path = write_volume(_random_ct(), tmp_path / "ct.mha")
@@ -207,6 +214,7 @@ def test_itk_messages_while_reading_are_failures(tmp_path: Path) -> None:
         read_volume(path)
 
 
+@pytest.mark.usefixtures("inflater")
 def test_truncated_nifti_says_how_much_it_holds(tmp_path: Path) -> None:
     data = write_volume(_random_ct(), tmp_path / "ct.nii.gz").read_bytes()
     cut = tmp_path / "cut.nii.gz"
@@ -215,6 +223,43 @@ def test_truncated_nifti_says_how_much_it_holds(tmp_path: Path) -> None:
         read_volume(cut)
     held = int(str(err.value).split("holds ")[1].split()[0])
     assert 0 < held < 40 * 48 * 32 * 2  # roughly half, never "0 of N"
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1 :]
+
+
+def test_inflate_checks_every_stream_with_either_inflater(tmp_path: Path, inflater) -> None:
+    # The same verdicts with ISA-L's inflater and with zlib's (the fallback): every checksum,
+    # length and cut is caught, valid multi-member and zero-padded streams pass.
+    raw = np.random.default_rng(1).integers(0, 255, 60_000, dtype=np.uint8).tobytes() + bytes(
+        200_000
+    )
+    gz, zl = gzip.compress(raw), zlib.compress(raw)
+    good = {"gz": (gz, GZIP), "two members": (gzip.compress(raw[:999]) + gzip.compress(raw[999:]),
+            GZIP), "zero padded": (gz + bytes(512), GZIP), "zlib": (zl, ZLIB_OR_GZIP),
+            "gzip as auto": (gz, ZLIB_OR_GZIP)}  # fmt: skip
+    for name, (data, wbits) in good.items():
+        (tmp_path / "f").write_bytes(data)
+        assert inflate_checked(tmp_path / "f", len(raw), wbits=wbits) == raw, name
+    bad = {
+        "corrupt": [(_flip(gz, len(gz) - 8), GZIP), (_flip(gz, len(gz) - 3), GZIP),  # CRC, size
+                    (_flip(gz, len(gz) // 2), GZIP), (_flip(zl, len(zl) - 1), ZLIB_OR_GZIP),
+                    (b"\x1f\x8c" + gz[2:], GZIP)],
+        "truncated": [(gz[: len(gz) // 2], GZIP), (gz[:-4], GZIP), (zl[:-2], ZLIB_OR_GZIP),
+                      (gz[:20], GZIP)],
+    }  # fmt: skip
+    for match, cases in bad.items():
+        for data, wbits in cases:
+            (tmp_path / "f").write_bytes(data)
+            with pytest.raises(KidneysegError, match=match) as err:
+                inflate_checked(tmp_path / "f", len(raw), wbits=wbits)
+            one_line(err.value, "f")
+
+
+def test_fast_inflater_is_used_when_installed() -> None:
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    assert compressed.INFLATE is isal_zlib
 
 
 def test_detached_header_names_missing_data_file(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from kidneyseg.io import (
     write_volume,
 )
 from kidneyseg.sitk import to_sitk
-from kidneyseg.types import Volume
+from kidneyseg.types import Volume, file_order
 
 FORMATS = ("nii.gz", "nii", "nrrd", "mha")
 
@@ -184,6 +184,7 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "nope.nii.gz" in str(err.value)
 
 
+@pytest.mark.usefixtures("inflater")
 @pytest.mark.parametrize("suffix", ["nii.gz", "nii"])
 def test_truncated_nifti(tmp_path: Path, phantom_volume, suffix: str) -> None:
     full = write_volume(phantom_volume.image, tmp_path / f"full.{suffix}")
@@ -199,6 +200,7 @@ def test_truncated_nifti(tmp_path: Path, phantom_volume, suffix: str) -> None:
         read_volume(tiny)
 
 
+@pytest.mark.usefixtures("inflater")
 def test_valid_nifti_with_wrong_gzip_trailer_still_reads(tmp_path: Path, phantom_volume) -> None:
     # A complete file written as two gzip members has a trailer that only counts the last
     # member: the fast size check fails, the full check must still accept it.
@@ -208,6 +210,7 @@ def test_valid_nifti_with_wrong_gzip_trailer_still_reads(tmp_path: Path, phantom
     np.testing.assert_array_equal(read_volume(two).array, phantom_volume.image.array)
 
 
+@pytest.mark.usefixtures("inflater")
 @pytest.mark.parametrize("suffix", ["nrrd", "mha"])
 def test_truncated_nrrd_mha(tmp_path: Path, phantom_volume, suffix: str) -> None:
     data = write_volume(phantom_volume.image, tmp_path / f"full.{suffix}").read_bytes()
@@ -313,6 +316,7 @@ def test_nonfinite_kept_in_every_float_nifti_layout(tmp_path: Path, suffix: str)
             read_image(path)
 
 
+@pytest.mark.usefixtures("inflater")
 def test_nifti_cut_inside_its_header_is_truncated(tmp_path: Path, phantom_volume) -> None:
     # A gzip stream cut within the first few hundred bytes still says "cut", not ITK's zeros.
     data = write_volume(phantom_volume.image, tmp_path / "full.nii.gz").read_bytes()
@@ -395,3 +399,20 @@ def test_check_hounsfield_is_the_one_ct_rule() -> None:
         with pytest.raises(KidneysegError, match=match) as err:
             check_hounsfield(values, "ct.nii.gz")
         assert str(err.value).startswith("ct.nii.gz: ") and "\n" not in str(err.value)
+
+
+def test_file_order_keeps_values_in_any_layout(tmp_path: Path) -> None:
+    # What `write_volume` hands ITK and compares the read-back with: i fastest, same values,
+    # whatever the layout (C order of an axial-first file, flips, permutations, odd sizes).
+    base = np.arange(19 * 10 * 13, dtype=np.int16).reshape(19, 10, 13)
+    layouts = [base, base[::-1], base[:, ::-1, ::-2], np.asfortranarray(base)[::-1]]
+    layouts += [np.ascontiguousarray(base.transpose(p)).transpose(np.argsort(p)) for p in
+                itertools.permutations(range(3))]  # fmt: skip
+    for array in layouts:
+        out = file_order(array)
+        assert out.flags.f_contiguous and np.array_equal(out, array)
+    fortran = np.asfortranarray(base)
+    assert file_order(fortran) is fortran  # no copy when it already is
+    vol = Volume(base[::-1], (0.8, 0.7, 2.5), direction=((0, 0, 1), (0, 1, 0), (-1, 0, 0)))
+    back = read_volume(write_volume(vol, tmp_path / "c_order.nii.gz"))
+    assert np.array_equal(back.array, vol.array) and back.same_geometry(vol)

@@ -43,7 +43,7 @@ from kidneyseg.filetypes import (
 )
 from kidneyseg.nifti import read_nifti
 from kidneyseg.sitk import captured_stderr, from_sitk, read_sitk, sitk_error_detail, to_sitk
-from kidneyseg.types import LABEL_NAMES, MAX_LABEL, Volume
+from kidneyseg.types import LABEL_NAMES, MAX_LABEL, Volume, file_order
 from kidneyseg.utils import atomic_path
 
 
@@ -260,6 +260,8 @@ def write_volume(volume: Volume, path: str | Path, description: str | None = Non
         raise KidneysegError(
             f"unsupported output format; use one of {', '.join(WRITE_SUFFIXES)}", path=p
         )
+    # i fastest, as files hold voxels: ITK takes it as is, the read-back compares 30x faster
+    volume = volume.with_array(file_order(volume.array))
 
     def verify(tmp: Path) -> None:
         try:
@@ -268,12 +270,9 @@ def write_volume(volume: Volume, path: str | Path, description: str | None = Non
             raise KidneysegError(
                 f"cannot write: the written file does not read back ({exc.message})", path=p
             ) from None
-        if not (
-            written.same_geometry(volume, atol=1e-4)
-            and np.array_equal(
-                written.array, volume.array, equal_nan=written.array.dtype.kind in "fc"
-            )
-        ):
+        nan_ok = written.array.dtype.kind in "fc"
+        same = written.same_geometry(volume, atol=1e-4)
+        if not (same and np.array_equal(written.array, volume.array, equal_nan=nan_ok)):
             raise KidneysegError(
                 "cannot write: the written file differs from what was meant to be written", path=p
             )
@@ -284,6 +283,7 @@ def write_volume(volume: Volume, path: str | Path, description: str | None = Non
                 image = to_sitk(volume)
                 if description:  # MetaImage warns of an empty item (read as a failed write)
                     image.SetMetaData("ITK_FileNotes", description[:80])
+                # NIfTI ignores compressionLevel; level 1 is no faster on label maps, ~7x larger
                 sitk.WriteImage(image, str(tmp), useCompression=True)
             if printed:  # e.g. niftilib's "wrote only N of M bytes": a full disk
                 raise KidneysegError(f"cannot write: {printed[-1][:200]}", path=p)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kidneyseg.errors import KidneysegError
-from kidneyseg.types import Volume
+from kidneyseg.types import Volume, file_order
 
 #: Spacing (mm), origin (mm, LPS) and direction rows, as `Volume` holds them.
 Geometry = tuple[
@@ -220,7 +220,7 @@ def to_sitk(volume: Volume) -> Any:
         array = array.astype(np.uint8)
     elif array.dtype == np.float16:
         array = array.astype(np.float32)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(file_order(array).transpose(2, 1, 0)))
     image.SetSpacing([float(s) for s in volume.spacing])
     image.SetOrigin([float(o) for o in volume.origin])
     image.SetDirection([float(v) for v in volume.direction_matrix.ravel()])

@@ -203,3 +203,29 @@ def from_canonical(canonical: Array, direction: npt.NDArray[np.float64]) -> Arra
     perm, flips = _canonical_perm(direction)
     out = np.flip(canonical, axis=tuple(flips)) if flips else canonical
     return np.transpose(out, np.argsort(perm))
+
+
+#: Slab thickness, along the slowest axis, of the copy `file_order` makes.
+_SLAB = 8
+
+
+def file_order(array: np.ndarray) -> np.ndarray:
+    """``array`` laid out as image files and ITK hold voxels: i fastest (Fortran order).
+
+    Returned as is when it already is. An array whose first axis varies slowest (C order: e.g.
+    a canonical array mapped back to an axial-first file) is copied in slabs along that axis,
+    which stay in cache: about twice as fast as numpy's one-shot transposing copy.
+
+    Example:
+        >>> file_order(np.zeros((2, 3, 4))).flags.f_contiguous
+        True
+    """
+    if array.flags.f_contiguous:
+        return array
+    strides = np.abs(np.asarray(array.strides))
+    if array.ndim < 2 or strides[0] < strides.max():  # not C-like: numpy's copy is fine
+        return np.asfortranarray(array)
+    out = np.empty(array.shape, array.dtype, order="F")
+    for i in range(0, array.shape[0], _SLAB):
+        out[i : i + _SLAB] = array[i : i + _SLAB]
+    return out
