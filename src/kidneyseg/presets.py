@@ -6,7 +6,9 @@
 
 * ``paper``: the defaults, the published settings.
 * ``fast``: minutes on 2 CPU cores on the phantom cohort (128-px slices, no ImageNet download,
-  8 short epochs with BCE + Dice and a cosine schedule; README "Why the fast preset...").
+  4 short epochs with BCE + Dice and a cosine schedule, phase 1 drawing half its foreground
+  slices from slices with masses (``data.rare_fraction``), flip TTA, the two largest kidney
+  components; README "Why the fast preset...").
 * ``kits``: the paper's settings with phase 2 predicting tumor *and* cyst
   (``data.tumor_classes = "tumor,cyst"``), so predictions hold the three KiTS labels and the
   KiTS "masses" class (tumor + cyst) is scored on both. ``fast,kits`` = both.
@@ -33,6 +35,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "samples_per_epoch": 512,
             "foreground_fraction": 0.8,
             "tumor_foreground_fraction": 0.5,
+            "rare_fraction": 0.5,
         },
         "model": {"encoder_weights": "none"},
         "train": {
