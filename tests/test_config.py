@@ -118,3 +118,10 @@ def test_kits_preset_and_composed_presets() -> None:
     assert fast_kits.data.image_size == 128 and fast_kits.train.loss == "bce_dice"
     with pytest.raises(KidneysegError, match="unknown preset 'nope'.*fast,kits"):
         resolve_config("fast,nope")
+
+
+def test_rare_fraction_is_checked_and_only_the_fast_preset_sets_it() -> None:
+    assert resolve_config().data.rare_fraction == 0.0  # the paper: no class preferred
+    assert resolve_config("fast").data.rare_fraction == 0.5
+    with pytest.raises(KidneysegError, match="rare_fraction"):
+        resolve_config(overrides=["data.rare_fraction=1.5"])
