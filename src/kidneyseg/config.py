@@ -344,11 +344,9 @@ def validate(cfg: Config) -> Config:
         f"data.normalization must be zscore or window (got {d.normalization!r}); window "
         "needs data.tumor_window too (phase 2 is unclipped by default), e.g. 0,400",
     )
-    fractions = (d.foreground_fraction, d.rare_fraction, d.tumor_foreground_fraction or 0.0)
-    need(
-        all(0.0 <= f <= 1.0 for f in fractions),
-        "data.foreground_fraction, rare_fraction, tumor_foreground_fraction must be in [0, 1]",
-    )
+    for name, may_be in (("foreground", ""), ("rare", ""), ("tumor_foreground", "none or ")):
+        f = getattr(d, f"{name}_fraction")  # None only for tumor_foreground_fraction
+        need(f is None or 0.0 <= f <= 1.0, f"data.{name}_fraction must be {may_be}in [0, 1]")
     need(d.region_margin_mm >= 0, "data.region_margin_mm must be >= 0")
     need(
         d.tumor_region in ("ground_truth", "predicted"),

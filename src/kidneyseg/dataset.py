@@ -136,7 +136,8 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         targets = {label for name in outputs for label in OUTPUT_TARGETS[name]}
         target_columns = [i for i, label in enumerate(SLICE_LABELS) if label in targets]
         # The phase's rarer class (`rare_labels`): its slices can be drawn more often.
-        rare_columns = [i for i, label in enumerate(SLICE_LABELS) if label in rare_labels(outputs)]
+        rarer = rare_labels(outputs)
+        rare_columns = [i for i, label in enumerate(SLICE_LABELS) if label in rarer]
         self._files: list[tuple[Path, Path, Path | None]] = []
         items, foreground, rare = [], [], []
         for index, case_id in enumerate(self.case_ids):

@@ -286,7 +286,7 @@ def make_loaders(
         world_size,
         sources=setup.sources,
         source_weights=setup.source_weights,
-        rare=setup.rare if len(setup.rare) == len(setup.foreground) else None,
+        rare=setup.rare,
         rare_fraction=cfg.data.rare_fraction,
     )
     workers = cfg.data.num_workers
