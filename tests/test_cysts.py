@@ -45,6 +45,7 @@ from kidneyseg.phase_runner import PhaseRunner, classify_logits, logit_threshold
 from kidneyseg.postprocessing import assemble_labels, postprocess
 from kidneyseg.types import CYST, KIDNEY, TUMOR, from_canonical, phase_outputs
 from test_dataset import write_prep_dir
+from test_end_to_end import TINY as TRAIN_TINY
 from test_inference import (
     KIDNEY_NORM,
     TINY,
@@ -454,19 +455,9 @@ def test_kits_preset_end_to_end_on_phantoms(tmp_path: Path) -> None:
     train_ids = open_prep_dir(prep).split.train
     cysts = sum(int(np.load(prep / "cases" / c / "slices.npy")[:, 2].sum()) for c in train_ids)
     assert cysts > 0  # the training cases hold cyst labels to learn from
-    sets = [
-        "model.architecture=unet_plain",
-        "model.base_channels=4",
-        "data.image_size=32",
-        "data.num_workers=0",
-        "data.samples_per_epoch=16",
-        "train.batch_size=4",
-        "train.epochs=1",
-        "train.precision=32-true",
-    ]
     for phase in ("kidney", "tumor"):
         argv = ["train", str(prep), str(run), "--phase", phase, "--quiet", "--preset", "fast,kits"]
-        assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+        assert main([*argv, *(a for s in TRAIN_TINY for a in ("--set", s))]) == 0
     meta = read_checkpoint_meta(run / "tumor" / "best.safetensors")
     assert meta.outputs == ("tumor", "cyst") and meta.config.model.classes == 2
     assert meta.config.train.loss == "bce_dice"  # the fast settings came along

@@ -9,6 +9,7 @@ then follow from the input file's own array, in its own index order.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,23 @@ KITS_DIRECTION = ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (-1.0, 0.0, 0.0))
 
 
 def pixelwise_unet(a: float = 1.0, b: float = 0.0) -> torch.nn.Module:
-    """A plain U-Net (base 4) set by hand so that logit = a * input + b at every pixel.
+    """A plain U-Net (base 4) set by hand so that logit = a * input + b at every pixel
+    (`mixing_unet` with one input channel and one output)."""
+    return mixing_unet((1.0,), [(a, b)], TINY)
 
-    The first block carries x and -x (so ReLU loses nothing) to the last skip connection; the
-    upsampling path is zeroed, the last block passes the skip through, the head takes
-    a * (relu(x) - relu(-x)) + b.
+
+def mixing_unet(
+    weights: Sequence[float], heads: Sequence[tuple[float, float]], cfg_overrides: list[str]
+) -> torch.nn.Module:
+    """A plain U-Net with ``len(weights)`` input channels and one output per ``(a, b)`` of
+    ``heads``: logit_c = a_c * sum_j(weights_j x_j) + b_c at every pixel.
+
+    The first block carries s = sum_j(weights_j x_j) and -s (so ReLU loses nothing) to the last
+    skip connection; the upsampling path is zeroed, the last block passes the skip through,
+    head c takes a_c * (relu(s) - relu(-s)) + b_c.
     """
-    cfg = resolve_config(overrides=TINY)
-    net = build_model(cfg.model)
+    overrides = [*cfg_overrides, f"model.classes={len(heads)}"]
+    net = build_model(resolve_config(overrides=overrides).model)
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -61,8 +71,9 @@ def pixelwise_unet(a: float = 1.0, b: float = 0.0) -> torch.nn.Module:
                 if module.bias is not None:
                     module.bias.zero_()
         first, last = net.down[0], net.merge[-1]
-        first[0].weight[0, 0, 1, 1] = 1.0
-        first[0].weight[1, 0, 1, 1] = -1.0
+        for j, w in enumerate(weights):
+            first[0].weight[0, j, 1, 1] = w
+            first[0].weight[1, j, 1, 1] = -w
         first[3].weight[0, 0, 1, 1] = 1.0
         first[3].weight[1, 1, 1, 1] = 1.0
         width = last[0].weight.shape[1] // 2  # input = cat([upsampled, skip])
@@ -70,9 +81,10 @@ def pixelwise_unet(a: float = 1.0, b: float = 0.0) -> torch.nn.Module:
         last[0].weight[1, width + 1, 1, 1] = 1.0
         last[3].weight[0, 0, 1, 1] = 1.0
         last[3].weight[1, 1, 1, 1] = 1.0
-        net.head.weight[0, 0] = a
-        net.head.weight[0, 1] = -a
-        net.head.bias.fill_(b)
+        for c, (a, b) in enumerate(heads):
+            net.head.weight[c, 0] = a
+            net.head.weight[c, 1] = -a
+            net.head.bias[c] = b
     return net.eval()
 
 

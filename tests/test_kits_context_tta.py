@@ -17,7 +17,6 @@ same labels, while running every slice twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,53 +27,16 @@ from kidneyseg.config import resolve_config
 from kidneyseg.formats.pred_dir import probability_path
 from kidneyseg.inference import Predictor
 from kidneyseg.io import read_image, read_labels, write_volume
-from kidneyseg.models import build_model, phase_config, read_checkpoint_meta, save_checkpoint
+from kidneyseg.models import phase_config, read_checkpoint_meta, save_checkpoint
 from kidneyseg.phase_runner import PhaseRunner
 from kidneyseg.types import CYST, KIDNEY, TUMOR
 from test_cysts import CYST_HEAD, KITS, TUMOR_HEAD, expected_kits_labels, kits_phantom
-from test_inference import KIDNEY_NORM, TINY, TUMOR_NORM, volume_from_canonical
+from test_inference import KIDNEY_NORM, TINY, TUMOR_NORM, mixing_unet, volume_from_canonical
 
 SPACING_Z = 2.5  # volume_from_canonical's z spacing
 CONTEXT = ["data.context_slices=3", f"data.context_mm={SPACING_Z}"]
 WEIGHTS = (0.25, 0.5, 0.25)
 MARGIN = 1e-3  # logits this close to a decision would make an exact comparison fragile
-
-
-def context_unet(
-    weights: Sequence[float], heads: Sequence[tuple[float, float]], cfg_overrides: list[str]
-) -> torch.nn.Module:
-    """A plain U-Net with ``len(weights)`` input channels and one output per ``(a, b)`` of
-    ``heads``: logit_c = a_c * sum_j(weights_j x_j) + b_c at every pixel (the construction of
-    `test_inference.pixelwise_unet`, with the channels mixed by the first convolution)."""
-    overrides = [*cfg_overrides, f"model.classes={len(heads)}"]
-    net = build_model(resolve_config(overrides=overrides).model)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.fill_(1.0)
-                module.bias.zero_()
-                module.running_mean.zero_()
-                module.running_var.fill_(1.0 - module.eps)  # BN becomes the identity
-            elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                module.weight.zero_()
-                if module.bias is not None:
-                    module.bias.zero_()
-        first, last = net.down[0], net.merge[-1]
-        for j, w in enumerate(weights):
-            first[0].weight[0, j, 1, 1] = w
-            first[0].weight[1, j, 1, 1] = -w
-        first[3].weight[0, 0, 1, 1] = 1.0
-        first[3].weight[1, 1, 1, 1] = 1.0
-        width = last[0].weight.shape[1] // 2  # input = cat([upsampled, skip])
-        last[0].weight[0, width + 0, 1, 1] = 1.0
-        last[0].weight[1, width + 1, 1, 1] = 1.0
-        last[3].weight[0, 0, 1, 1] = 1.0
-        last[3].weight[1, 1, 1, 1] = 1.0
-        for c, (a, b) in enumerate(heads):
-            net.head.weight[c, 0] = a
-            net.head.weight[c, 1] = -a
-            net.head.bias[c] = b
-    return net.eval()
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -108,8 +70,8 @@ def expected(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kits_context")
     cfg = resolve_config(overrides=[*TINY, *KITS, *CONTEXT])
-    kidney = context_unet(WEIGHTS, [(1.0, 0.0)], [*TINY, *CONTEXT])
-    tumor = context_unet(WEIGHTS, [TUMOR_HEAD, CYST_HEAD], [*TINY, *CONTEXT])
+    kidney = mixing_unet(WEIGHTS, [(1.0, 0.0)], [*TINY, *CONTEXT])
+    tumor = mixing_unet(WEIGHTS, [TUMOR_HEAD, CYST_HEAD], [*TINY, *CONTEXT])
     save_checkpoint(root / "kidney" / "best.safetensors", kidney, cfg, "kidney", KIDNEY_NORM)
     tumor_cfg = phase_config(cfg, "tumor")
     save_checkpoint(root / "tumor" / "best.safetensors", tumor, tumor_cfg, "tumor", TUMOR_NORM)
