@@ -167,6 +167,13 @@ def make_rows(size: int) -> list[Row]:
             "bce", "loss bce", ("train.loss=bce",), "binary cross-entropy alone (the paper's loss)"
         ),
         Row("size", f"image {big}", (f"data.image_size={big}",), f"slices at {big} px"),
+        Row(
+            "no_rare",
+            "no mass oversampling",
+            ("data.rare_fraction=0",),
+            "phase 1 draws its foreground from all kidney slices alike (data.rare_fraction=0)",
+            tumor=False,
+        ),
     ]
 
 
@@ -602,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default="",
         help="comma-separated row keys besides the baseline, or 'all' (default: all; --quick: "
         f"{','.join(QUICK_ROWS)}); keys: seed1, window_0_255, window_20_45, window_scaling, "
-        "no_augment, bce, size",
+        "no_augment, bce, size, no_rare",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run, under a minute (not a measurement)"
