@@ -61,15 +61,31 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "planes": ("axial + coronal + sagittal, mean fusion", ["data.planes=axial,coronal,sagittal"]),
     "kits": ("phase 2 predicts tumor and cyst", ["data.tumor_classes=tumor,cyst"]),
     "rare": ("phase 1 draws half its foreground from mass slices", ["data.rare_fraction=0.5"]),
+    "patch": (
+        "phase 2 trains on 64-px patches around its region, 4x as many",
+        ["data.tumor_patch=64"],
+    ),
+    "patch32": ("phase 2 trains on 32-px patches, 16x as many", ["data.tumor_patch=32"]),
 }
 
 #: Settings the ``fast`` preset gained after the table's first rows were trained, pinned back to
 #: the paper's value in every row (and in the reference the training keys compare with), so the
 #: baseline stays the paper's cascade and earlier models keep their keys.
-PINNED = ["data.rare_fraction=0.0", "inference.tta=false", "postprocess.kidney_components=0"]
+PINNED = [
+    "data.rare_fraction=0.0",
+    "data.tumor_patch=0",
+    "inference.tta=false",
+    "postprocess.kidney_components=0",
+]
 
 #: Keys that only phase 2's training reads: rows differing only in these share phase 1.
-TUMOR_ONLY = {"tumor_region", "tumor_window", "tumor_foreground_fraction", "region_margin_mm"}
+TUMOR_ONLY = {
+    "tumor_region",
+    "tumor_window",
+    "tumor_foreground_fraction",
+    "region_margin_mm",
+    "tumor_patch",
+}
 TUMOR_ONLY_ANY = {"tumor_classes"}
 #: Keys that only phase 1 reads while phase 2 predicts tumor alone (no cyst output).
 KIDNEY_ONLY_UNLESS_CYST = {"rare_fraction"}
@@ -232,6 +248,7 @@ def main() -> None:
         default="",
         help="extra row 'combined': the named rows' switches together (comma list)",
     )
+    parser.add_argument("--combine-name", default="combined", help="the --combine row's name")
     parser.add_argument("--cases", type=int, default=60, help="phantom cases (80/10/10 split)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per phase")
     parser.add_argument("--samples", type=int, default=512, help="slices per epoch")
@@ -266,8 +283,9 @@ def main() -> None:
     plan = [(n, ROWS[n][1]) for n in names]
     if args.combine:
         combined = [n.strip() for n in args.combine.split(",") if n.strip()]
-        ROWS["combined"] = (" + ".join(combined), [s for n in combined for s in ROWS[n][1]])
-        plan.append(("combined", ROWS["combined"][1]))
+        name = args.combine_name
+        ROWS[name] = (" + ".join(combined), [s for n in combined for s in ROWS[n][1]])
+        plan.append((name, ROWS[name][1]))
     # Rows and models of an earlier call with the same folder are kept (add rows later).
     registry = out / "trained.json"
     trained: dict[str, tuple[Path, float]] = {}

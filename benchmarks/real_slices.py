@@ -174,6 +174,20 @@ def make_rows(size: int) -> list[Row]:
             "phase 1 draws its foreground from all kidney slices alike (data.rare_fraction=0)",
             tumor=False,
         ),
+        # The fast preset's 64-px patches are whole slices at the study's 64 px: "patch" halves
+        # the side there; at 128 px (--image-size 128) the baseline has patches, "whole" not.
+        Row(
+            "patch",
+            "phase 2 on patches",
+            (f"data.tumor_patch={size // 2}",),
+            f"phase 2 trains on {size // 2}-px patches around the kidney, 4x as many per step",
+        ),
+        Row(
+            "whole",
+            "phase 2 on whole slices",
+            ("data.tumor_patch=0",),
+            "phase 2 trains on whole slices (the paper; the fast preset has 64-px patches)",
+        ),
     ]
 
 
@@ -609,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default="",
         help="comma-separated row keys besides the baseline, or 'all' (default: all; --quick: "
         f"{','.join(QUICK_ROWS)}); keys: seed1, window_0_255, window_20_45, window_scaling, "
-        "no_augment, bce, size, no_rare",
+        "no_augment, bce, size, no_rare, patch, whole",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run, under a minute (not a measurement)"

@@ -21,16 +21,18 @@ from test_end_to_end import TINY
 def test_demo_fast_preset_reaches_the_kidney_target(tmp_path: Path) -> None:
     """The `make demo` run: kidney per-case Dice >= 0.85 on the phantom test split.
 
-    The tumor does not reach the issue's 0.60. The floor of 0.35 was set on the 8-epoch demo
+    The tumor does not reach the issue's 0.60. Its floor was 0.35 for the 8-epoch demo
     (0.34-0.41 measured); the 4-epoch demo measured 0.33 before phase 1 drew mass slices
-    (``data.rare_fraction``), 0.41 with it (README, "What make demo prints").
+    (``data.rare_fraction``), 0.41 with it, and 0.51 with phase 2 on 64-px patches
+    (``data.tumor_patch``; README, "What make demo prints"), hence 0.42: below that, one of
+    the two has stopped working. (CPUs with native bf16 train in bf16 and may land elsewhere.)
     """
     from kidneyseg.demo import run_demo
 
     result = run_demo(tmp_path / "demo", cfg=resolve_config("fast"), progress=False)
     metrics = result.summary["metrics"]
     assert metrics["paper_case_dice_kidney"]["mean"] >= 0.85
-    assert metrics["paper_case_dice_tumor"]["mean"] >= 0.35
+    assert metrics["paper_case_dice_tumor"]["mean"] >= 0.42
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -74,6 +74,9 @@ class DataConfig:
     #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
     #: inference alike; 0 = the paper's tight region. See normalization.expand_region.
     region_margin_mm: float = 0.0
+    #: Phase 2 trains on patches this many model pixels square around its region (0 or >=
+    #: image_size: whole slices); (image_size / tumor_patch)^2 more per batch and epoch.
+    tumor_patch: int = 0
     #: 2.5D input (not in the paper): this many axial slices as channels, odd; 1 = the paper's
     #: single slice, 3 fills the ImageNet encoder's RGB stem. ``model.in_channels`` follows.
     context_slices: int = 1
@@ -348,6 +351,8 @@ def validate(cfg: Config) -> Config:
         f = getattr(d, f"{name}_fraction")  # None only for tumor_foreground_fraction
         need(f is None or 0.0 <= f <= 1.0, f"data.{name}_fraction must be {may_be}in [0, 1]")
     need(d.region_margin_mm >= 0, "data.region_margin_mm must be >= 0")
+    ok = (p := d.tumor_patch) == 0 or (p % 32 == 0 and p >= 32)
+    need(ok, f"data.tumor_patch must be 0 or a multiple of 32, e.g. 64 (got {p})")
     need(
         d.tumor_region in ("ground_truth", "predicted"),
         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})",

@@ -12,6 +12,10 @@ it serves, and ``slices.npy`` says which slices hold kidney/tumor without touchi
   (`kidneyseg.types.phase_outputs`; foreground slices then hold either). The region is the ground
   truth (default) or, with ``data.tumor_region = "predicted"``, phase 1's prediction
   (`kidneyseg.regions.predict_kidney_regions` computes it once per case and caches it).
+* patches (``data.tumor_patch = P > 0``, phase 2 only): the model-size slice is cut to a
+  ``P x P`` window around the target or, without one, around the region (`patch_origin`), so an
+  epoch of the same pixels shows (image_size / P)^2 times as many tumors (`kidneyseg.loaders`
+  scales the batch and epoch); validation and inference keep whole slices.
 * 2.5D (``data.context_slices = k > 1``): the input has ``k`` channels, the slice and its
   neighbours ``data.context_mm`` apart, interpolated (`kidneyseg.context.context_stack`, the
   function inference uses too; phase 2 masks each neighbour by its own region); the target is
@@ -112,6 +116,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         cfg: DataConfig,
         normalization: NormalizationRecord | None = None,
         regions_dir: str | Path | None = None,
+        train_patches: bool = True,
     ) -> None:
         if phase not in PHASES:
             raise KidneysegError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
@@ -127,6 +132,9 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.regions_dir = Path(regions_dir) if self.predicted and regions_dir else None
         self.margin_mm = cfg.region_margin_mm if phase == "tumor" else 0.0
         self.context = (cfg.context_slices, cfg.context_mm)
+        #: Phase 2's training patch side (model pixels; 0 = whole slices), `patch_origin`.
+        patched = phase == "tumor" and train_patches and cfg.tumor_patch < cfg.image_size
+        self.patch = cfg.tumor_patch if patched else 0
         spacing = [prep.spacing_mm(c) for c in case_ids]
         self._spacing_z = [s[0] for s in spacing]
         self._spacing_yx = [s[1:] for s in spacing]
@@ -215,7 +223,54 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             x = to_model_size(x, self.size)
             # Resample the target like the image (bilinear, then 0.5), so both stay aligned.
             y = (to_model_size(y, self.size) > 0.5).float()
+        if self.patch and mask is not None:  # phase 2 on a patch (`patch_origin`)
+            centre = torch.from_numpy(np.ascontiguousarray(mask[:, k // 2, None], np.float32))
+            region = to_model_size(centre, self.size)[0, 0].numpy() > 0.5
+            target = np.asarray(y[0].numpy().any(axis=0), bool)
+            y0, x0 = patch_origin(target, region, self.patch, case_index, z)
+            x = x[..., y0 : y0 + self.patch, x0 : x0 + self.patch]
+            y = y[..., y0 : y0 + self.patch, x0 : x0 + self.patch]
         return x[0], y[0]
+
+
+def patch_origin(
+    target: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_], patch: int, case: int, z: int
+) -> tuple[int, int]:
+    """Top-left corner ``(y, x)`` of the ``patch`` x ``patch`` window phase 2 trains on
+    (``data.tumor_patch``), in model pixels of one slice.
+
+    The window is centred on the target's bounding box when the slice holds target; otherwise on
+    the region's, or, when that is wider or taller than the window (two kidneys), on the pixels
+    of one half of it, the half alternating with ``z``. The centre is then shifted by up to a
+    quarter of the window along each axis, pseudo-randomly but fixed per ``(case, z)`` (so an
+    epoch stays reproducible; the batched augmentation adds its own crops), and the window is
+    kept inside the slice.
+
+    Example:
+        >>> target = np.zeros((128, 128), bool); target[100:104, 20:24] = True
+        >>> y, x = patch_origin(target, target, 64, case=0, z=0)
+        >>> y <= 100 and 104 <= y + 64 and x <= 20 and 24 <= x + 64
+        True
+    """
+    height, width = target.shape
+    if patch >= min(height, width):
+        return 0, 0
+    focus = target if target.any() else region
+    ys, xs = np.nonzero(focus)
+    if len(ys) and not target.any() and max(np.ptp(ys), np.ptp(xs)) >= patch:
+        # Two kidneys (or one long one): one half, split along the longer extent.
+        coords = xs if np.ptp(xs) >= np.ptp(ys) else ys
+        half = coords < (coords.min() + coords.max()) / 2
+        keep = half if z % 2 == 0 else ~half
+        ys, xs = ys[keep], xs[keep]
+    if len(ys):
+        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    else:
+        cy, cx = height / 2, width / 2
+    jy, jx = np.random.default_rng([case, z]).uniform(-patch / 4, patch / 4, size=2)
+    y0 = int(np.clip(round(cy + jy - patch / 2), 0, height - patch))
+    x0 = int(np.clip(round(cx + jx - patch / 2), 0, width - patch))
+    return y0, x0
 
 
 def rare_labels(outputs: Sequence[str]) -> tuple[int, ...]:

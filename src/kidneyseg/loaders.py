@@ -153,7 +153,12 @@ def prepare_training(
             "trains on slices inside the kidney region",
             path=prep.root,
         )
-    val_set = SliceDataset(prep, val_ids, phase, cfg.data, norm, regions_dir) if val_ids else None
+    # Validation always scores whole slices, as inference sees them (no data.tumor_patch).
+    val_set = (
+        SliceDataset(prep, val_ids, phase, cfg.data, norm, regions_dir, train_patches=False)
+        if val_ids
+        else None
+    )
     if val_set is not None and len(val_set) == 0:
         val_set = None
     setup = TrainingSetup(prep, phase, cfg, hardware, norm, train_set, val_set)
@@ -252,7 +257,9 @@ def add_extra_cases(setup: TrainingSetup, extra: PrepDir) -> None:
     )
     weight = cfg.data.extra_weight
     setup.source_weights = (1.0 - weight, weight)
-    extra_val = SliceDataset(extra, ids["val"], phase, cfg.data, setup.normalization)
+    extra_val = SliceDataset(
+        extra, ids["val"], phase, cfg.data, setup.normalization, train_patches=False
+    )
     if len(extra_val):
         parts = [d for d in (setup.val_set, extra_val) if d is not None]
         setup.val_set = ConcatDataset(parts) if len(parts) > 1 else extra_val
@@ -265,6 +272,20 @@ def foreground_fraction(cfg: DataConfig, phase: str) -> float:
     return cfg.foreground_fraction
 
 
+def patch_scale(cfg: DataConfig, phase: str) -> int:
+    """How many training patches stand for one whole slice in a batch and an epoch:
+    ``round((image_size / tumor_patch) ** 2)`` for phase 2 with ``data.tumor_patch``, else 1,
+    so that a step costs about the same pixels and a budget of epochs x samples the same time.
+
+    Example:
+        >>> patch_scale(DataConfig(image_size=128, tumor_patch=64), "tumor")
+        4
+    """
+    if phase != "tumor" or not cfg.tumor_patch or cfg.tumor_patch >= cfg.image_size:
+        return 1
+    return max(1, round((cfg.image_size / cfg.tumor_patch) ** 2))
+
+
 def make_loaders(
     setup: TrainingSetup, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
@@ -274,9 +295,12 @@ def make_loaders(
     for CUDA and workers persist across epochs.
     """
     cfg, hw = setup.cfg, setup.hardware
-    batch = cfg.train.batch_size // world_size
+    scale = patch_scale(cfg.data, setup.phase)
+    global_batch = cfg.train.batch_size * scale
+    batch = global_batch // world_size
     samples = max(cfg.data.samples_per_epoch or len(setup.foreground), cfg.train.batch_size)
-    samples -= samples % cfg.train.batch_size  # whole global batches (BatchNorm needs > 1)
+    samples *= scale
+    samples -= samples % global_batch  # whole global batches (BatchNorm needs > 1)
     sampler = ForegroundSampler(
         setup.foreground,
         samples,
@@ -298,7 +322,7 @@ def make_loaders(
     if workers > 0:
         common["prefetch_factor"] = 4
     train = DataLoader(setup.train_set, batch_size=batch, sampler=sampler, drop_last=True, **common)
-    val = None
+    val, batch = None, cfg.train.batch_size // world_size  # validation: whole slices
     if setup.val_set is not None:
         # A fixed shuffled order: a capped number of validation batches still covers all cases.
         order = np.random.default_rng(cfg.train.seed).permutation(len(setup.val_set))  # type: ignore[arg-type]
