@@ -66,6 +66,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ["data.tumor_patch=64"],
     ),
     "patch32": ("phase 2 trains on 32-px patches, 16x as many", ["data.tumor_patch=32"]),
+    "kidney_patch": ("phase 1 trains on 64-px patches, 4x as many", ["data.kidney_patch=64"]),
 }
 
 #: Settings the ``fast`` preset gained after the table's first rows were trained, pinned back to
@@ -74,6 +75,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 PINNED = [
     "data.rare_fraction=0.0",
     "data.tumor_patch=0",
+    "data.kidney_patch=0",
     "inference.tta=false",
     "postprocess.kidney_components=0",
 ]
@@ -89,6 +91,8 @@ TUMOR_ONLY = {
 TUMOR_ONLY_ANY = {"tumor_classes"}
 #: Keys that only phase 1 reads while phase 2 predicts tumor alone (no cyst output).
 KIDNEY_ONLY_UNLESS_CYST = {"rare_fraction"}
+#: Keys that only phase 1 reads.
+KIDNEY_ONLY = {"kidney_patch"}
 
 
 def _say(msg: str) -> None:
@@ -115,9 +119,9 @@ def training_keys(cfg: Config) -> tuple[str, str]:
     kidney = {
         k: v for k, v in trained.items() if k.split(".")[1] not in TUMOR_ONLY | TUMOR_ONLY_ANY
     }
-    tumor = dict(trained)
+    tumor = {k: v for k, v in trained.items() if k.split(".")[1] not in KIDNEY_ONLY}
     if "cyst" not in cfg.data.tumor_classes:
-        tumor = {k: v for k, v in trained.items() if k.split(".")[1] not in KIDNEY_ONLY_UNLESS_CYST}
+        tumor = {k: v for k, v in tumor.items() if k.split(".")[1] not in KIDNEY_ONLY_UNLESS_CYST}
     return _digest(kidney), _digest(tumor)
 
 

@@ -1,5 +1,5 @@
-"""Phase 2 on patches around its region (``data.tumor_patch``): where the window goes, that the
-image and target are cut alike, and that batches and epochs hold proportionally more patches."""
+"""Training on patches (``data.tumor_patch``, ``data.kidney_patch``): where the window goes, that
+the image and target are cut alike, and that batches and epochs hold proportionally more."""
 
 from __future__ import annotations
 
@@ -62,10 +62,13 @@ def test_two_kidneys_alternate_and_each_window_holds_its_kidney() -> None:
 
 
 def test_no_region_and_whole_slice_windows() -> None:
+    # A phase-1 slice without kidney: the window lies anywhere in the slice, fixed per (case, z).
     empty = np.zeros((96, 128), bool)
-    y0, x0 = patch_origin(empty, empty, 64, case=0, z=0)
-    assert 0 <= y0 <= 32 and 0 <= x0 <= 64  # inside the slice, near its centre
-    assert abs(y0 + 32 - 48) <= 16 and abs(x0 + 32 - 64) <= 16
+    origins = {patch_origin(empty, empty, 64, case=0, z=z) for z in range(40)}
+    assert all(0 <= y <= 32 and 0 <= x <= 64 for y, x in origins)
+    ys, xs = zip(*origins, strict=True)
+    assert min(ys) < 8 and max(ys) > 24 and min(xs) < 16 and max(xs) > 48
+    assert patch_origin(empty, empty, 64, case=0, z=3) == patch_origin(empty, empty, 64, 0, 3)
     assert patch_origin(empty, empty, 96, case=0, z=0) == (0, 0)  # the patch is the slice
 
 
@@ -74,34 +77,43 @@ def prep(tmp_path_factory: pytest.TempPathFactory):
     return open_prep_dir(write_prep_dir(tmp_path_factory.mktemp("prep") / "prep", size=64))
 
 
-def test_patches_cut_image_and_target_alike(prep) -> None:
-    cfg = DataConfig(image_size=64, tumor_patch=32)
-    patches = SliceDataset(prep, prep.split.train, "tumor", cfg)
-    whole = SliceDataset(prep, prep.split.train, "tumor", cfg, train_patches=False)
+@pytest.mark.parametrize("phase", ["tumor", "kidney"])
+def test_patches_cut_image_and_target_alike(prep, phase: str) -> None:
+    cfg = DataConfig(image_size=64, **{f"{phase}_patch": 32})  # type: ignore[arg-type]
+    patches = SliceDataset(prep, prep.split.train, phase, cfg)
+    whole = SliceDataset(prep, prep.split.train, phase, cfg, train_patches=False)
     assert len(patches) == len(whole) and (patches.foreground == whole.foreground).all()
     for i in range(len(patches)):
         x, y = patches[i]
         xw, yw = whole[i]
         assert x.shape == y.shape == (1, 32, 32) and xw.shape == (1, 64, 64)
-        # The window patch_origin picks from the whole slice's target and region.
+        # The window patch_origin picks from the whole slice's target and region (phase 2's).
         case, z = (int(v) for v in patches.items[i])
         label = np.load(prep.case_dir(prep.split.train[case]) / "label.npy")[z]
-        region = to_model_size(torch.from_numpy((label > 0).astype(np.float32))[None, None], 64)
-        y0, x0 = patch_origin(yw[0].numpy() > 0, region[0, 0].numpy() > 0.5, 32, case=case, z=z)
+        region = np.zeros((64, 64), bool)
+        if phase == "tumor":
+            grid = to_model_size(torch.from_numpy((label > 0).astype(np.float32))[None, None], 64)
+            region = grid[0, 0].numpy() > 0.5
+        y0, x0 = patch_origin(yw[0].numpy() > 0, region, 32, case=case, z=z)
         torch.testing.assert_close(x, xw[:, y0 : y0 + 32, x0 : x0 + 32])
         torch.testing.assert_close(y, yw[:, y0 : y0 + 32, x0 : x0 + 32])
-        assert y.sum() == yw.sum()  # the (small) tumor is never cut
-        if not patches.foreground[i]:  # a kidney slice without tumor: some kidney in view
-            assert (x != x.flatten()[0]).any()
-    # Phase 1 ignores the setting: whole slices.
-    kidney = SliceDataset(prep, prep.split.train, "kidney", cfg)
-    assert kidney[0][0].shape == (1, 64, 64)
+        if phase == "tumor":
+            assert y.sum() == yw.sum()  # the (small) tumor is never cut
+            if not patches.foreground[i]:  # a kidney slice without tumor: some kidney in view
+                assert (x != x.flatten()[0]).any()
+        elif patches.foreground[i]:  # two kidneys 26 px apart: one of them, whole, in view
+            assert 0.3 * yw.sum() < y.sum() < 0.7 * yw.sum()
+    # The other phase ignores the setting: whole slices.
+    other = SliceDataset(prep, prep.split.train, "kidney" if phase == "tumor" else "tumor", cfg)
+    assert other[0][0].shape == (1, 64, 64)
 
 
 def test_batches_and_epochs_hold_more_patches_and_validation_whole_slices(tmp_path: Path) -> None:
     root = write_prep_dir(tmp_path / "prep", size=64)
     cfg = tiny("data.image_size=64", "data.tumor_patch=32", "data.samples_per_epoch=16")
     assert patch_scale(cfg.data, "tumor") == 4 and patch_scale(cfg.data, "kidney") == 1
+    both = tiny("data.image_size=64", "data.kidney_patch=32").data
+    assert patch_scale(both, "kidney") == 4 and patch_scale(both, "tumor") == 1
     assert patch_scale(tiny("data.image_size=96", "data.tumor_patch=64").data, "tumor") == 2
     setup = prepare_training(root, "tumor", cfg)
     train, val = make_loaders(setup)
@@ -115,10 +127,12 @@ def test_batches_and_epochs_hold_more_patches_and_validation_whole_slices(tmp_pa
 
 
 @pytest.mark.parametrize("value", ["48", "16", "100", "-32"])
-def test_bad_patch_sizes_are_refused(value: str) -> None:
-    with pytest.raises(KidneysegError, match=r"data.tumor_patch must be 0 or a multiple of 32"):
-        resolve_config("fast", overrides=[f"data.tumor_patch={value}"])
-    assert resolve_config("fast", overrides=["data.tumor_patch=96"]).data.tumor_patch == 96
+@pytest.mark.parametrize("phase", ["tumor", "kidney"])
+def test_bad_patch_sizes_are_refused(value: str, phase: str) -> None:
+    with pytest.raises(KidneysegError, match=rf"data.{phase}_patch must be 0 or a multiple of 32"):
+        resolve_config("fast", overrides=[f"data.{phase}_patch={value}"])
+    cfg = resolve_config("fast", overrides=[f"data.{phase}_patch=96"])
+    assert getattr(cfg.data, f"{phase}_patch") == 96
 
 
 def test_a_patch_as_large_as_the_slice_is_the_whole_slice(prep) -> None:

@@ -74,9 +74,10 @@ class DataConfig:
     #: In-plane margin (mm) grown around the kidney region before phase 2, in training and at
     #: inference alike; 0 = the paper's tight region. See normalization.expand_region.
     region_margin_mm: float = 0.0
-    #: Phase 2 trains on patches this many model pixels square around its region (0 or >=
-    #: image_size: whole slices); (image_size / tumor_patch)^2 more per batch and epoch.
+    #: Phase 2 (1) trains on patches this side (model px) around region (target), not whole
+    #: slices (0, >= image_size); (image_size / patch)^2 more per batch/epoch (README "Patches").
     tumor_patch: int = 0
+    kidney_patch: int = 0
     #: 2.5D input (not in the paper): this many axial slices as channels, odd; 1 = the paper's
     #: single slice, 3 fills the ImageNet encoder's RGB stem. ``model.in_channels`` follows.
     context_slices: int = 1
@@ -169,18 +170,16 @@ class InferenceConfig:
     precision: str = "auto"
     #: Probability threshold on the sigmoid outputs.
     threshold: float = 0.5
-    #: "naive": every axial slice, whole (the paper's cascade as written; the default until the
-    #: fast path is shown equal with trained full-size models). "fast": a coarse pass finds the
-    #: kidneys, then both phases run only on crops around them (README "Speed": 2.4x faster,
-    #: but with 128-px models the crops change the answer: kidney Dice 0.81 between the modes).
+    #: "naive": every axial slice, whole (the paper's cascade; default until fast is shown equal
+    #: with full-size models). "fast": a coarse pass finds the kidneys, both phases run only near
+    #: them (README "Speed": 2.4x faster; with 128-px models kidney Dice 0.81 between modes).
     mode: str = "naive"
     #: Fast mode: axial step (mm) of the coarse pass; a kidney is longer than 40 mm.
     coarse_step_mm: float = 10.0
     #: Fast mode: margin (mm) kept around the kidneys found, in-plane and along the axial axis.
     crop_margin_mm: float = 30.0
-    #: Fast mode: what is cut away. "axial": whole slices, only over the kidneys' axial range
-    #: (the naive answer on every slice it runs, so accuracy does not pay); "box": also an
-    #: in-plane box per side (faster, but the crop edge changes small models' answers).
+    #: Fast mode: what is cut. "axial": whole slices over the kidneys' axial range (the naive
+    #: answer on each slice it runs); "box": also in-plane per side (faster; edges change answers).
     fast_crop: str = "axial"
     #: Flip test-time augmentation: mean probability of each slice and its left-right mirror.
     tta: bool = False
@@ -351,8 +350,9 @@ def validate(cfg: Config) -> Config:
         f = getattr(d, f"{name}_fraction")  # None only for tumor_foreground_fraction
         need(f is None or 0.0 <= f <= 1.0, f"data.{name}_fraction must be {may_be}in [0, 1]")
     need(d.region_margin_mm >= 0, "data.region_margin_mm must be >= 0")
-    ok = (p := d.tumor_patch) == 0 or (p % 32 == 0 and p >= 32)
-    need(ok, f"data.tumor_patch must be 0 or a multiple of 32, e.g. 64 (got {p})")
+    for name in ("tumor_patch", "kidney_patch"):
+        ok = (p := getattr(d, name)) == 0 or (p % 32 == 0 and p >= 32)
+        need(ok, f"data.{name} must be 0 or a multiple of 32, e.g. 64 (got {p})")
     need(
         d.tumor_region in ("ground_truth", "predicted"),
         f"data.tumor_region must be ground_truth or predicted (got {d.tumor_region!r})",

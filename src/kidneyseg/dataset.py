@@ -132,9 +132,9 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.regions_dir = Path(regions_dir) if self.predicted and regions_dir else None
         self.margin_mm = cfg.region_margin_mm if phase == "tumor" else 0.0
         self.context = (cfg.context_slices, cfg.context_mm)
-        #: Phase 2's training patch side (model pixels; 0 = whole slices), `patch_origin`.
-        patched = phase == "tumor" and train_patches and cfg.tumor_patch < cfg.image_size
-        self.patch = cfg.tumor_patch if patched else 0
+        #: The training patch side (model pixels; 0 = whole slices), `patch_origin`.
+        side = cfg.tumor_patch if phase == "tumor" else cfg.kidney_patch
+        self.patch = side if train_patches and side < cfg.image_size else 0
         spacing = [prep.spacing_mm(c) for c in case_ids]
         self._spacing_z = [s[0] for s in spacing]
         self._spacing_yx = [s[1:] for s in spacing]
@@ -223,10 +223,12 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             x = to_model_size(x, self.size)
             # Resample the target like the image (bilinear, then 0.5), so both stay aligned.
             y = (to_model_size(y, self.size) > 0.5).float()
-        if self.patch and mask is not None:  # phase 2 on a patch (`patch_origin`)
-            centre = torch.from_numpy(np.ascontiguousarray(mask[:, k // 2, None], np.float32))
-            region = to_model_size(centre, self.size)[0, 0].numpy() > 0.5
+        if self.patch:  # a patch around the target or the region (`patch_origin`)
             target = np.asarray(y[0].numpy().any(axis=0), bool)
+            region = np.zeros_like(target)
+            if mask is not None:
+                centre = torch.from_numpy(np.ascontiguousarray(mask[:, k // 2, None], np.float32))
+                region = to_model_size(centre, self.size)[0, 0].numpy() > 0.5
             y0, x0 = patch_origin(target, region, self.patch, case_index, z)
             x = x[..., y0 : y0 + self.patch, x0 : x0 + self.patch]
             y = y[..., y0 : y0 + self.patch, x0 : x0 + self.patch]
@@ -239,12 +241,12 @@ def patch_origin(
     """Top-left corner ``(y, x)`` of the ``patch`` x ``patch`` window phase 2 trains on
     (``data.tumor_patch``), in model pixels of one slice.
 
-    The window is centred on the target's bounding box when the slice holds target; otherwise on
-    the region's, or, when that is wider or taller than the window (two kidneys), on the pixels
-    of one half of it, the half alternating with ``z``. The centre is then shifted by up to a
-    quarter of the window along each axis, pseudo-randomly but fixed per ``(case, z)`` (so an
-    epoch stays reproducible; the batched augmentation adds its own crops), and the window is
-    kept inside the slice.
+    The window is centred on the target's bounding box when the slice holds target, otherwise on
+    the region's (phase 2; phase 1 has none); when that box is wider or taller than the window
+    (two kidneys), on the pixels of one half of it, the half alternating with ``z``. The centre
+    is then shifted by up to a quarter of the window along each axis, pseudo-randomly but fixed
+    per ``(case, z)`` (so an epoch stays reproducible; the batched augmentation adds its own
+    crops), and the window is kept inside the slice. With neither, the window lies anywhere.
 
     Example:
         >>> target = np.zeros((128, 128), bool); target[100:104, 20:24] = True
@@ -257,17 +259,17 @@ def patch_origin(
         return 0, 0
     focus = target if target.any() else region
     ys, xs = np.nonzero(focus)
-    if len(ys) and not target.any() and max(np.ptp(ys), np.ptp(xs)) >= patch:
+    rng = np.random.default_rng([case, z])
+    if not len(ys):  # nothing to centre on (a phase-1 slice without kidney): anywhere
+        return int(rng.integers(0, height - patch + 1)), int(rng.integers(0, width - patch + 1))
+    if max(np.ptp(ys), np.ptp(xs)) >= patch:
         # Two kidneys (or one long one): one half, split along the longer extent.
         coords = xs if np.ptp(xs) >= np.ptp(ys) else ys
         half = coords < (coords.min() + coords.max()) / 2
         keep = half if z % 2 == 0 else ~half
         ys, xs = ys[keep], xs[keep]
-    if len(ys):
-        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-    else:
-        cy, cx = height / 2, width / 2
-    jy, jx = np.random.default_rng([case, z]).uniform(-patch / 4, patch / 4, size=2)
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    jy, jx = rng.uniform(-patch / 4, patch / 4, size=2)
     y0 = int(np.clip(round(cy + jy - patch / 2), 0, height - patch))
     x0 = int(np.clip(round(cx + jx - patch / 2), 0, width - patch))
     return y0, x0

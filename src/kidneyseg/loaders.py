@@ -281,9 +281,10 @@ def patch_scale(cfg: DataConfig, phase: str) -> int:
         >>> patch_scale(DataConfig(image_size=128, tumor_patch=64), "tumor")
         4
     """
-    if phase != "tumor" or not cfg.tumor_patch or cfg.tumor_patch >= cfg.image_size:
+    side = cfg.tumor_patch if phase == "tumor" else cfg.kidney_patch
+    if not side or side >= cfg.image_size:
         return 1
-    return max(1, round((cfg.image_size / cfg.tumor_patch) ** 2))
+    return max(1, round((cfg.image_size / side) ** 2))
 
 
 def make_loaders(
