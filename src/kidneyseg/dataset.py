@@ -12,10 +12,11 @@ it serves, and ``slices.npy`` says which slices hold kidney/tumor without touchi
   (`kidneyseg.types.phase_outputs`; foreground slices then hold either). The region is the ground
   truth (default) or, with ``data.tumor_region = "predicted"``, phase 1's prediction
   (`kidneyseg.regions.predict_kidney_regions` computes it once per case and caches it).
-* patches (``data.tumor_patch = P > 0``, phase 2 only): the model-size slice is cut to a
-  ``P x P`` window around the target or, without one, around the region (`patch_origin`), so an
-  epoch of the same pixels shows (image_size / P)^2 times as many tumors (`kidneyseg.loaders`
-  scales the batch and epoch); validation and inference keep whole slices.
+* patches (``data.kidney_patch`` / ``data.tumor_patch`` = P, `patch_side`): the model-size
+  slice is cut to a ``P x P`` window around the target or, without one, around phase 2's region
+  (`patch_origin`), so an epoch of the same pixels shows (image_size / P)^2 times as many
+  (`kidneyseg.loaders.patch_scale` scales the batch and epoch); validation and inference keep
+  whole slices.
 * 2.5D (``data.context_slices = k > 1``): the input has ``k`` channels, the slice and its
   neighbours ``data.context_mm`` apart, interpolated (`kidneyseg.context.context_stack`, the
   function inference uses too; phase 2 masks each neighbour by its own region); the target is
@@ -133,8 +134,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.margin_mm = cfg.region_margin_mm if phase == "tumor" else 0.0
         self.context = (cfg.context_slices, cfg.context_mm)
         #: The training patch side (model pixels; 0 = whole slices), `patch_origin`.
-        side = cfg.tumor_patch if phase == "tumor" else cfg.kidney_patch
-        self.patch = side if train_patches and side < cfg.image_size else 0
+        self.patch = patch_side(cfg, phase) if train_patches else 0
         spacing = [prep.spacing_mm(c) for c in case_ids]
         self._spacing_z = [s[0] for s in spacing]
         self._spacing_yx = [s[1:] for s in spacing]
@@ -235,11 +235,25 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return x[0], y[0]
 
 
+def patch_side(cfg: DataConfig, phase: str) -> int:
+    """The side of the patches a phase trains on (``data.kidney_patch`` / ``data.tumor_patch``),
+    or 0 for whole slices: when unset, or when the patch would cover the whole slice.
+
+    Example:
+        >>> patch_side(DataConfig(image_size=128, tumor_patch=64), "tumor")
+        64
+        >>> patch_side(DataConfig(image_size=64, kidney_patch=64), "kidney")
+        0
+    """
+    side = cfg.tumor_patch if phase == "tumor" else cfg.kidney_patch
+    return side if side < cfg.image_size else 0
+
+
 def patch_origin(
     target: npt.NDArray[np.bool_], region: npt.NDArray[np.bool_], patch: int, case: int, z: int
 ) -> tuple[int, int]:
-    """Top-left corner ``(y, x)`` of the ``patch`` x ``patch`` window phase 2 trains on
-    (``data.tumor_patch``), in model pixels of one slice.
+    """Top-left corner ``(y, x)`` of the ``patch`` x ``patch`` window a phase trains on
+    (`patch_side`), in model pixels of one slice.
 
     The window is centred on the target's bounding box when the slice holds target, otherwise on
     the region's (phase 2; phase 1 has none); when that box is wider or taller than the window

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from kidneyseg.config import Config, DataConfig, validate
-from kidneyseg.dataset import ForegroundSampler, SliceDataset, phase_norm_record
+from kidneyseg.dataset import ForegroundSampler, SliceDataset, patch_side, phase_norm_record
 from kidneyseg.errors import KidneysegError
 from kidneyseg.formats.prep_dir import META_FILE, PrepDir, open_prep_dir
 from kidneyseg.hardware import Hardware, resolve_hardware
@@ -274,17 +274,15 @@ def foreground_fraction(cfg: DataConfig, phase: str) -> float:
 
 def patch_scale(cfg: DataConfig, phase: str) -> int:
     """How many training patches stand for one whole slice in a batch and an epoch:
-    ``round((image_size / tumor_patch) ** 2)`` for phase 2 with ``data.tumor_patch``, else 1,
-    so that a step costs about the same pixels and a budget of epochs x samples the same time.
+    ``round((image_size / side) ** 2)`` for a phase that trains on patches (`patch_side`), else
+    1, so that a step costs about the same pixels and a budget of epochs x samples the same time.
 
     Example:
         >>> patch_scale(DataConfig(image_size=128, tumor_patch=64), "tumor")
         4
     """
-    side = cfg.tumor_patch if phase == "tumor" else cfg.kidney_patch
-    if not side or side >= cfg.image_size:
-        return 1
-    return max(1, round((cfg.image_size / side) ** 2))
+    side = patch_side(cfg, phase)
+    return max(1, round((cfg.image_size / side) ** 2)) if side else 1
 
 
 def make_loaders(
@@ -323,12 +321,15 @@ def make_loaders(
     if workers > 0:
         common["prefetch_factor"] = 4
     train = DataLoader(setup.train_set, batch_size=batch, sampler=sampler, drop_last=True, **common)
-    val, batch = None, cfg.train.batch_size // world_size  # validation: whole slices
+    val = None
     if setup.val_set is not None:
         # A fixed shuffled order: a capped number of validation batches still covers all cases.
         order = np.random.default_rng(cfg.train.seed).permutation(len(setup.val_set))  # type: ignore[arg-type]
         val = DataLoader(
-            setup.val_set, batch_size=batch, sampler=order[rank::world_size].tolist(), **common
+            setup.val_set,
+            batch_size=cfg.train.batch_size // world_size,  # whole slices, unscaled
+            sampler=order[rank::world_size].tolist(),
+            **common,
         )
     return train, val
 
